@@ -39,7 +39,7 @@ from .layers import ChannelLayerNorm, Downsample, ResBlock, SPADEResBlock, Upsam
 
 
 def scale_table(low: float, high: float, levels: int) -> list[float]:
-    return [float(v) for v in torch.exp(torch.linspace(math.log(low), math.log(high), int(levels)))]
+    return [float(v) for v in torch.exp(torch.linspace(math.log(low), math.log(high), int(levels), device="cpu"))]
 
 
 def _stage(first: nn.Module, channels: int, blocks: int, norm: str) -> nn.Sequential:

@@ -1,0 +1,248 @@
+"""``magc``: encode, decode, info, roundtrip, eval, train, prepare-data, convert-official.
+
+Every error a user can cause ends in one line on stderr and exit status 2; progress bars go
+to stderr; ``info`` and the JSON reports go to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from .errors import MagcError
+
+
+@contextmanager
+def progress_bar(label: str, quiet: bool) -> Iterator:
+    if quiet:
+        yield None
+        return
+    bar = tqdm(total=1000, desc=label, unit="‰", dynamic_ncols=True, file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--weights", help="weights file or folder (default: the preset's shipped or downloaded weights)")
+    parser.add_argument("--sd-weights", help="local diffusers folder of Stable Diffusion 2.1-base (for *-sd21 presets)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_map_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--map", action="append", default=[], metavar="LAYER",
+        help="vector layer (any OGR format) as PATH[|layername=NAME][|class=CLASS][|field=FIELD]; repeatable. "
+             "RGB-map presets also take one rendered map raster",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="magc", description="Map-assisted generative compression of georeferenced rasters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    enc = sub.add_parser("encode", help="compress a raster into a .magc file")
+    enc.add_argument("input")
+    enc.add_argument("-o", "--output", required=True)
+    _add_map_option(enc)
+    enc.add_argument("--preset", default="lite")
+    group = enc.add_mutually_exclusive_group()
+    group.add_argument("--rate", type=int, help="operating point index (see `magc presets`)")
+    group.add_argument("--bpp", type=float, help="target bits per pixel: picks the highest rate that meets it")
+    enc.add_argument("--embed-map", action="store_true", help="store the class map losslessly in the file (self-contained; costs bytes)")
+    enc.add_argument("--seed", type=int, default=0, help="seed of the decoder's sampling noise (stored in the file)")
+    enc.add_argument("--allow-untrained", action="store_true", help="allow a preset without trained weights (random output; for testing)")
+    _add_model_options(enc)
+
+    dec = sub.add_parser("decode", help="reconstruct a GeoTIFF from a .magc file")
+    dec.add_argument("input")
+    dec.add_argument("-o", "--output", required=True)
+    _add_map_option(dec)
+    dec.add_argument("--ignore-map-mismatch", action="store_true", help="decode even if the map differs from the encoder's")
+    _add_model_options(dec)
+
+    info = sub.add_parser("info", help="print a .magc file's header as JSON")
+    info.add_argument("input")
+
+    rt = sub.add_parser("roundtrip", help="encode, decode and measure: writes the file, the reconstruction and a JSON report")
+    rt.add_argument("input")
+    rt.add_argument("-o", "--output", required=True, help="output folder")
+    _add_map_option(rt)
+    rt.add_argument("--preset", default="lite")
+    group = rt.add_mutually_exclusive_group()
+    group.add_argument("--rate", type=int)
+    group.add_argument("--bpp", type=float)
+    rt.add_argument("--embed-map", action="store_true")
+    rt.add_argument("--allow-untrained", action="store_true")
+    _add_model_options(rt)
+
+    sub.add_parser("presets", help="list the presets, their rates and whether trained weights are installed")
+
+    ev = sub.add_parser("eval", help="evaluate a codec and GDAL baselines over prepared validation data")
+    ev.add_argument("--data", default="data/dubai", help="folder made by `magc prepare-data`")
+    ev.add_argument("--split", default="val")
+    ev.add_argument("-o", "--output", default="results/eval", help="output folder (table JSON/CSV and plot PNG)")
+    ev.add_argument("--preset", default="lite")
+    ev.add_argument("--rates", help="comma-separated rate indexes (default: all)")
+    ev.add_argument("--segmentation", help="segmentation model weights (default: resources/weights/segmentation.safetensors)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N images")
+    _add_model_options(ev)
+
+    tr = sub.add_parser("train", help="train a preset (resumable; see the README for the recipe)")
+    tr.add_argument("--preset", default="lite")
+    tr.add_argument("--data", default="data/dubai")
+    tr.add_argument("--run", default=None, help="run folder with checkpoints and logs (default runs/PRESET)")
+    tr.add_argument("--stages", default="1,2")
+    tr.add_argument("--export", help="write the trained weights here (safetensors)")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--sd-weights", help="Stable Diffusion 2.1-base diffusers folder (for *-sd21 presets)")
+
+    prep = sub.add_parser("prepare-data", help="turn ../shared/data/dubai-aerial into GeoTIFFs + GeoPackage maps + labels")
+    prep.add_argument("--source", default="../shared/data/dubai-aerial")
+    prep.add_argument("-o", "--output", default="data/dubai")
+
+    conv = sub.add_parser("convert-official", help="convert the released MAGC checkpoint into magc-sd21 weights")
+    conv.add_argument("checkpoint")
+    conv.add_argument("-o", "--output", required=True, help="output folder")
+    return parser
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from .api import encode_raster
+
+    with progress_bar("encode", args.quiet) as progress:
+        report = encode_raster(
+            args.input, args.output, args.map, preset=args.preset, rate=args.rate, bpp=args.bpp, device=args.device,
+            weights=args.weights, allow_untrained=args.allow_untrained, embed_map=args.embed_map, seed=args.seed,
+            progress=progress, sd_weights=args.sd_weights,
+        )
+    extra = f", map {report.map_bytes} B (bpp without map {report.bpp_without_map:.4f})" if report.map_bytes else ""
+    print(f"{report.output}: {report.file_bytes} bytes, {report.bpp:.4f} bpp (rate {report.rate}, preset {report.preset}, "
+          f"device {report.device}, {report.seconds:.1f} s{extra})", file=sys.stderr)
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from .api import decode_raster
+
+    with progress_bar("decode", args.quiet) as progress:
+        report = decode_raster(args.input, args.output, args.map, device=args.device, weights=args.weights,
+                               ignore_map_mismatch=args.ignore_map_mismatch, progress=progress, sd_weights=args.sd_weights)
+    print(f"{report.output}: {report.width}x{report.height} (preset {report.preset}, device {report.device}, {report.seconds:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def _roundtrip(args: argparse.Namespace) -> int:
+    from .api import roundtrip
+
+    with progress_bar("roundtrip", args.quiet) as progress:
+        report = roundtrip(args.input, args.output, args.map, progress=progress, preset=args.preset, rate=args.rate,
+                           bpp=args.bpp, device=args.device, weights=args.weights, allow_untrained=args.allow_untrained,
+                           embed_map=args.embed_map, sd_weights=args.sd_weights)
+    print(json.dumps({k: report[k] for k in ("file", "reconstruction", "bpp", "psnr", "ms_ssim")}, indent=1))
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from .config import available_presets, load_preset
+    from .models.loading import find_weights
+    from .models.weights import read_metadata
+
+    rows = []
+    for name in available_presets():
+        preset = load_preset(name)
+        path = find_weights(preset)
+        manifest = json.loads(read_metadata(path).get("manifest", "{}")) if path else {}
+        rows.append({
+            "preset": name, "rates": len(preset.rates), "default_rate": preset.default_rate,
+            "map": preset.map.kind, "weights": str(path) if path else None,
+            "measured_bpp": manifest.get("bpp_per_rate"), "description": preset.description,
+        })
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train.recipe import Recipe, export, train
+
+    run = Path(args.run or f"runs/{args.preset}")
+    stages = tuple(int(s) for s in args.stages.split(","))
+    codec = train(args.preset, Path(args.data), run, Recipe(), stages, device=args.device)
+    if args.export:
+        export(codec, codec.preset, Path(args.export), source=" ".join(["magc"] + sys.argv[1:]))
+        print(f"weights written to {args.export}", file=sys.stderr)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from .train.data import prepare_dubai
+
+    source = Path(args.source)
+    if not source.is_dir():
+        raise MagcError(f"data set not found: {source} (expected ../shared/data/dubai-aerial beside the project)")
+    index = prepare_dubai(source, Path(args.output))
+    print(f"{len(index)} images prepared in {args.output}", file=sys.stderr)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import run_evaluation
+
+    rates = [int(r) for r in args.rates.split(",")] if args.rates else None
+    table = run_evaluation(Path(args.data), args.split, Path(args.output), args.preset, rates=rates, device=args.device,
+                           weights=args.weights, segmentation=args.segmentation, limit=args.limit, quiet=args.quiet)
+    print(json.dumps(table["summary"], indent=1))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert_official
+
+    path = convert_official(args.checkpoint, args.output)
+    print(f"converted weights written to {path}", file=sys.stderr)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .api import read_info
+
+    print(json.dumps(read_info(args.input), indent=1))
+    return 0
+
+
+COMMANDS = {
+    "encode": _encode, "decode": _decode, "info": _info, "roundtrip": _roundtrip, "presets": _presets,
+    "train": _train, "prepare-data": _prepare, "eval": _eval, "convert-official": _convert,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MagcError as exc:
+        print(f"magc: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (OSError, MemoryError) as exc:
+        print(f"magc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("magc: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

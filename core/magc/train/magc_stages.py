@@ -1,0 +1,158 @@
+"""The two MAGC training stages at lite size (CPU) and their export.
+
+Stage 1 (rate-distortion, autoencoder + LCM, one model for every rate):
+
+    loss = λ_k · D(AE.dec(z~), x) + bpp_k + β · D(AE.dec(z0), x) + γ · ‖z~ − z0‖² / var(z0)
+    D = (1 − MS-SSIM) + α · MSE            (images in [0, 1])
+
+with the rate k cycling over the preset's operating points, and the entropy bottlenecks'
+quantiles trained by their auxiliary loss (a separate optimiser, as compressai does). The
+β term keeps z0 itself decodable, so that it is a sensible target for stage 2; the γ term
+is the official stage-1 latent loss.
+
+Stage 2 (conditional denoiser, autoencoder and LCM frozen): the latent is first scaled to
+unit variance (the scale is folded into the LCM's first and last convolutions, so stage 1's
+function is unchanged); then the usual diffusion loss on the preset's prediction type,
+with timesteps half uniform, half the ones the sampler will use.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ms_ssim
+
+from ..models.codec import MagcCodec, class_fractions
+from ..sampling import make_schedule, sampling_timesteps
+from .data import CropSampler
+from .loop import LoopConfig, run_loop
+
+ALPHA_MSE = 10.0
+BETA_AE = 1.0
+GAMMA_LATENT = 0.1
+
+
+def distortion(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(D, 1 − MS-SSIM, MSE) for images in [-1, 1]."""
+    a, b = (x_hat.clamp(-1, 1) + 1) / 2, (x + 1) / 2
+    ms = 1 - ms_ssim(a, b, data_range=1.0, size_average=True)
+    mse = F.mse_loss(a, b)
+    return ms + ALPHA_MSE * mse, ms, mse
+
+
+def bits_per_pixel(likelihoods: dict[str, torch.Tensor], pixels: int) -> torch.Tensor:
+    return sum(-torch.log2(lik).sum() for lik in likelihoods.values()) / pixels
+
+
+def _split_params(codec: MagcCodec) -> tuple[list, list]:
+    main, aux = [], []
+    for name, param in list(codec.autoencoder.named_parameters()) + [("lcm." + n, p) for n, p in codec.lcm.named_parameters()]:
+        (aux if name.endswith("quantiles") else main).append(param)
+    return main, aux
+
+
+def train_stage1(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int) -> None:
+    codec.train()
+    codec.denoiser.requires_grad_(False)
+    main, aux = _split_params(codec)
+    optimizers = {"main": torch.optim.Adam(main, lr=cfg.lr), "aux": torch.optim.Adam(aux, lr=1e-3)}
+    lambdas = [r.lmbda for r in codec.preset.rates]
+    classes = codec.preset.map.num_classes
+
+    def step(i: int) -> dict[str, float]:
+        k = i % len(lambdas)
+        x, maps, _ = sampler.batch(batch)
+        sems = codec.lcm.map_encoder(class_fractions(maps, classes))
+        z0 = codec.autoencoder.encode(x)
+        out = codec.lcm(z0, sems, k)
+        x_hat, x_ae = codec.autoencoder.decode(torch.cat([out["z_tilde"], z0])).chunk(2)
+        d_hat, ms_hat, mse_hat = distortion(x_hat, x)
+        d_ae, _, mse_ae = distortion(x_ae, x)
+        bpp = bits_per_pixel(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3])
+        latent = F.mse_loss(out["z_tilde"], z0) / (z0.detach().var() + 1e-6)
+        loss = lambdas[k] * (d_hat + GAMMA_LATENT * latent) + bpp + BETA_AE * d_ae
+        optimizers["main"].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main, 1.0)
+        optimizers["main"].step()
+        aux_loss = codec.lcm.aux_loss()
+        optimizers["aux"].zero_grad(set_to_none=True)
+        aux_loss.backward()
+        optimizers["aux"].step()
+        return {
+            "loss": float(loss), f"bpp_r{k}": float(bpp), f"msssim_r{k}": 1 - float(ms_hat),
+            f"psnr_r{k}": float(-10 * torch.log10(mse_hat)), "psnr_ae": float(-10 * torch.log10(mse_ae)),
+            "latent": float(latent), "aux": float(aux_loss),
+        }
+
+    modules = {"autoencoder": codec.autoencoder, "lcm": codec.lcm}
+    run_loop("stage1", run_dir, cfg, modules, optimizers, step,
+             rng_state=lambda: {"sampler": sampler.rng.bit_generator.state},
+             set_rng_state=lambda s: setattr(sampler.rng.bit_generator, "state", s["sampler"]))
+
+
+@torch.no_grad()
+def fold_latent_scale(codec: MagcCodec, sampler: CropSampler, batches: int = 16, batch: int = 8) -> float:
+    """Scale the latent to unit variance without changing what stage 1 computes."""
+    if abs(float(codec.autoencoder.scaling_factor) - 1.0) > 1e-6:
+        return float(codec.autoencoder.scaling_factor)
+    codec.eval()
+    values = [codec.autoencoder.encode(sampler.batch(batch)[0]) for _ in range(batches)]
+    scale = 1.0 / float(torch.cat(values).std())
+    codec.autoencoder.scaling_factor.fill_(scale)
+    codec.lcm.ga_1[0].weight.div_(scale)
+    codec.lcm.gs_4.weight.mul_(scale)
+    codec.lcm.gs_4.bias.mul_(scale)
+    return scale
+
+
+def diffusion_target(prediction_type: str, z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    if prediction_type == "sample":
+        return z0
+    if prediction_type == "epsilon":
+        return noise
+    return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * z0  # v
+
+
+def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int, seed: int = 0) -> None:
+    scale = fold_latent_scale(codec, sampler)
+    codec.autoencoder.requires_grad_(False).eval()
+    codec.lcm.requires_grad_(False).eval()
+    codec.denoiser.requires_grad_(True).train()
+    optimizers = {"main": torch.optim.AdamW(codec.denoiser.parameters(), lr=cfg.lr, weight_decay=0.01)}
+    schedule = make_schedule(codec.preset.sampler)
+    alphas = schedule.alphas_cumprod.float()
+    total = len(alphas)
+    inference_steps = torch.tensor(sampling_timesteps(codec.preset.sampler))
+    classes = codec.preset.map.num_classes
+    rng = np.random.default_rng(seed)
+    prediction = codec.preset.denoiser.prediction_type
+
+    def step(i: int) -> dict[str, float]:
+        k = int(rng.integers(len(codec.preset.rates)))
+        x, maps, _ = sampler.batch(batch)
+        map_input = class_fractions(maps, classes)
+        with torch.no_grad():
+            z0 = codec.autoencoder.encode(x)
+            z_tilde = codec.lcm(z0, codec.lcm.map_encoder(map_input), k)["z_tilde"]
+        t = torch.randint(0, total, (batch,))
+        use_inference = torch.rand(batch) < 0.5
+        t = torch.where(use_inference, inference_steps[torch.randint(0, len(inference_steps), (batch,))], t)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noise = torch.randn_like(z0)
+        z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        pred = codec.denoiser(z_t, t, z_tilde, map_input)
+        loss = F.mse_loss(pred, diffusion_target(prediction, z0, noise, a))
+        optimizers["main"].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(codec.denoiser.parameters(), 1.0)
+        optimizers["main"].step()
+        baseline = F.mse_loss(z_tilde, z0)
+        return {"loss": float(loss), "ztilde_mse": float(baseline), "scale": scale}
+
+    modules = {"denoiser": codec.denoiser, "autoencoder": codec.autoencoder, "lcm": codec.lcm}
+    run_loop("stage2", run_dir, cfg, modules, optimizers, step,
+             rng_state=lambda: {"sampler": sampler.rng.bit_generator.state, "t": rng.bit_generator.state},
+             set_rng_state=lambda s: (setattr(sampler.rng.bit_generator, "state", s["sampler"]), setattr(rng.bit_generator, "state", s["t"])))

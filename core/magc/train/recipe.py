@@ -1,0 +1,93 @@
+"""The training recipe behind ``magc train`` / ``make train-lite``: stage 1, stage 2, export.
+
+Everything is resumable: each stage keeps a checkpoint in the run folder and continues from
+it; a finished stage is skipped. The defaults are sized so the whole lite recipe fits in
+about two hours on the 2-core development CPU (measured there: stage 1 about 0.9 s/step at
+batch 8 of 192 px crops); on a GPU it runs the same steps much faster.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import PresetConfig, load_preset
+from ..models.codec import MagcCodec
+from ..models.loading import build_codec
+from ..models.weights import save_weights
+from .data import CropSampler, load_index, load_scene
+from .loop import LoopConfig
+
+
+@dataclass
+class Recipe:
+    stage1_steps: int = 4000
+    stage1_batch: int = 8
+    stage1_crop: int = 192
+    stage1_lr: float = 4e-4
+    stage2_steps: int = 3000
+    stage2_batch: int = 16
+    stage2_crop: int = 192
+    stage2_lr: float = 5e-4
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _load_modules(codec: torch.nn.Module, ckpt: Path, names: list[str]) -> None:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for name in names:
+        getattr(codec, name).load_state_dict(state["modules"][name])
+
+
+def _stage_done(ckpt: Path, steps: int) -> bool:
+    return ckpt.exists() and int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) >= steps
+
+
+def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stages: tuple[int, ...] = (1, 2), device: str = "cpu") -> MagcCodec:
+    """Run the requested stages (resuming), leaving checkpoints in ``run_dir``."""
+    torch.manual_seed(recipe.seed)
+    preset = load_preset(preset_name)
+    codec = build_codec(preset)
+    scenes = [load_scene(data_dir, item) for item in load_index(data_dir, "train")]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(json.dumps({"preset": preset_name, "recipe": recipe.__dict__, "device": device, "argv": sys.argv}, indent=1))
+    if preset.method == "sprdiff":
+        from .sprdiff_stages import train_stage1 as stage1_fn, train_stage2 as stage2_fn
+    else:
+        from .magc_stages import train_stage1 as stage1_fn, train_stage2 as stage2_fn
+    stage1_ckpt, stage2_ckpt = run_dir / "stage1.ckpt", run_dir / "stage2.ckpt"
+    if 1 in stages and not _stage_done(stage1_ckpt, recipe.stage1_steps):
+        sampler = CropSampler(scenes, recipe.stage1_crop, seed=recipe.seed)
+        stage1_fn(codec, sampler, run_dir, LoopConfig(recipe.stage1_steps, recipe.stage1_lr), recipe.stage1_batch)
+    if 2 in stages:
+        _load_modules(codec, stage1_ckpt, ["autoencoder", "lcm"])
+        if not _stage_done(stage2_ckpt, recipe.stage2_steps):
+            sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 1)
+            stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch)
+        _load_modules(codec, stage2_ckpt, ["autoencoder", "lcm", "denoiser"])
+    return codec
+
+
+def export(codec: torch.nn.Module, preset: PresetConfig, path: Path, source: str, manifest: dict | None = None) -> Path:
+    """Freeze the entropy tables and write the self-describing safetensors file."""
+    codec.eval()
+    for eb in codec.lcm.entropy_bottlenecks:
+        eb.update(force=True)
+    codec.lcm.gaussian_conditional.update()
+    save_weights(codec, preset, path, trained=True, source=source, manifest=manifest)
+    return path
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for long background runs
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="lite")
+    parser.add_argument("--data", default="data/dubai")
+    parser.add_argument("--run", default="runs/lite")
+    parser.add_argument("--stages", default="1,2")
+    args = parser.parse_args()
+    train(args.preset, Path(args.data), Path(args.run), Recipe(), tuple(int(s) for s in args.stages.split(",")))
