@@ -11,6 +11,7 @@ complete; a failure or a cancel removes them. Inputs are only read.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -458,66 +459,64 @@ def decode_raster(
     if not input.is_file():
         raise InputError(f"file not found: {input}")
     _check_output(output, [input])
-    with open(input, "rb") as handle:
-        reader = BitstreamReader(handle)
-        header = reader.header
-        info = _info_from_header(header)
-        loaded = codec or load_codec(header.preset, weights, device, allow_untrained=True, sd_weights=sd_weights)
-        if loaded.preset.name != header.preset:
-            raise ModelMismatchError(f"file was made with preset {header.preset!r}, loaded {loaded.preset.name!r}")
-        if loaded.weights_hash != header.weights_hash:
-            raise ModelMismatchError(
-                f"file was made with other weights of preset {header.preset!r} "
-                f"(file {header.weights_hash.hex()}, loaded {loaded.weights_hash.hex()}): load the weights it was encoded with"
+    # The whole file is read and every record verified first: a truncated or corrupted file
+    # is reported before any work, and compressed files are small (a 100 Mpx raster at
+    # 0.1 bpp is 1.25 MB).
+    reader = BitstreamReader(io.BytesIO(input.read_bytes()))
+    header = reader.header
+    info = _info_from_header(header)
+    grid = TileGrid(header.width, header.height, header.tile, 0, header.blend)
+    records = list(reader.tiles(len(grid), len(info.planes)))
+    loaded = codec or load_codec(header.preset, weights, device, allow_untrained=True, sd_weights=sd_weights)
+    if loaded.preset.name != header.preset:
+        raise ModelMismatchError(f"file was made with preset {header.preset!r}, loaded {loaded.preset.name!r}")
+    if loaded.weights_hash != header.weights_hash:
+        raise ModelMismatchError(
+            f"file was made with other weights of preset {header.preset!r} "
+            f"(file {header.weights_hash.hex()}, loaded {loaded.weights_hash.hex()}): load the weights it was encoded with"
+        )
+    if header.rate >= len(loaded.preset.rates):
+        raise FormatError(f"file asks for rate {header.rate}, preset has {len(loaded.preset.rates)}")
+    grid = TileGrid(header.width, header.height, header.tile, loaded.preset.tiling.halo, header.blend)
+    if header.map_embedded:
+        embedded = _EmbeddedMap(grid, loaded.preset.map.kind)
+        map_read = embedded.read
+    else:
+        embedded = None
+        map_source = open_map(list(maps), Grid(info.width, info.height, info.geotransform, info.crs_wkt), loaded.preset.map.kind)
+        _tick(progress, cancel, 0.0, "checking the map")
+        if map_source.fingerprint() != header.map_fingerprint and not ignore_map_mismatch:
+            raise MapMismatchError(
+                "the map layers differ from those the file was encoded with "
+                f"({len(maps)} layer(s) given); give the same layers, or --ignore-map-mismatch to decode anyway"
             )
-        if header.rate >= len(loaded.preset.rates):
-            raise FormatError(f"file asks for rate {header.rate}, preset has {len(loaded.preset.rates)}")
-        grid = TileGrid(header.width, header.height, header.tile, loaded.preset.tiling.halo, header.blend)
-        if header.map_embedded:
-            embedded = _EmbeddedMap(grid, loaded.preset.map.kind)
-            map_read = embedded.read
-        else:
-            embedded = None
-            map_source = open_map(list(maps), Grid(info.width, info.height, info.geotransform, info.crs_wkt), loaded.preset.map.kind)
-            _tick(progress, cancel, 0.0, "checking the map")
-            if map_source.fingerprint() != header.map_fingerprint and not ignore_map_mismatch:
-                raise MapMismatchError(
-                    "the map layers differ from those the file was encoded with "
-                    f"({len(maps)} layer(s) given); give the same layers, or --ignore-map-mismatch to decode anyway"
-                )
-            map_read = map_source.read
-        decoder = _TileDecoder(loaded, grid, info, header.rate, header.seed, map_read)
-        writer = RasterWriter(output, info)
-        try:
-            records = reader.tiles(len(grid), len(info.planes))
-            blender = Blender(grid, len(info.coded_bands), writer.write)
-            next_row = 0
-
-            def load_row(row: int) -> None:
+        map_read = map_source.read
+    decoder = _TileDecoder(loaded, grid, info, header.rate, header.seed, map_read)
+    writer = RasterWriter(output, info)
+    try:
+        blender = Blender(grid, len(info.coded_bands), writer.write)
+        pending = iter(enumerate(records))
+        loaded_rows = 0
+        done = 0
+        for r in range(grid.rows):
+            while loaded_rows <= min(r + 1, grid.rows - 1):  # neighbours' latents: one row ahead
                 for c in range(grid.cols):
-                    record = next(records)
+                    _, record = next(pending)
                     if embedded is not None and record.map_bytes is not None:
-                        embedded.add(row, c, record.map_bytes)
-                    decoder.add_record(row, c, record)
-
-            done = 0
-            for r in range(grid.rows):
-                while next_row <= min(r + 1, grid.rows - 1):
-                    load_row(next_row)
-                    next_row += 1
-                for c in range(grid.cols):
-                    _tick(progress, cancel, done / len(grid), f"tile {done + 1}/{len(grid)}")
-                    blender.add(r, c, decoder.decode(r, c), decoder.output_valid(r, c))
-                    done += 1
-                decoder.forget_before(r)
-                if embedded is not None:
-                    embedded.forget_before(r)
-            for _ in records:  # verifies that nothing trails the last tile
-                pass
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+                        embedded.add(loaded_rows, c, record.map_bytes)
+                    decoder.add_record(loaded_rows, c, record)
+                loaded_rows += 1
+            for c in range(grid.cols):
+                _tick(progress, cancel, done / len(grid), f"tile {done + 1}/{len(grid)}")
+                blender.add(r, c, decoder.decode(r, c), decoder.output_valid(r, c))
+                done += 1
+            decoder.forget_before(r)
+            if embedded is not None:
+                embedded.forget_before(r)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
     _tick(progress, None, 1.0, "done")
     return DecodeReport(
         output=str(output), width=info.width, height=info.height, tiles=len(grid), preset=header.preset,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -229,8 +230,19 @@ COMMANDS = {
 }
 
 
+def quiet_library_warnings() -> None:
+    """Deprecation chatter of torch/diffusers/compressai is not the user's business."""
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|diffusers|huggingface_hub|compressai|transformers)")
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # GDAL errors still raise; its warnings stay quiet
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_warnings()
     try:
         return COMMANDS[args.command](args)
     except MagcError as exc:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,28 @@ OSM_KEY_CLASSES: dict[str, str] = {"building": "building", "highway": "road", "w
 OSM_TAG_FIELDS = ("fclass", "building", "highway", "waterway", "natural", "landuse", "leisure", "water", "type")
 
 BLOCK = 256  # maps are rasterised in fixed global blocks so every window sees the same pixels
+
+
+class BlockCache:
+    """A small LRU of map blocks, keyed by block position.
+
+    Deliberately holds no reference to its owner (no reference cycle), so GDAL objects are
+    freed as soon as their owner goes, never by a late garbage collection after GDAL or
+    QGIS has shut down (a segfault otherwise).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.blocks: OrderedDict = OrderedDict()
+
+    def get(self, key: tuple[int, int], make) -> np.ndarray:
+        if key in self.blocks:
+            self.blocks.move_to_end(key)
+            return self.blocks[key]
+        block = self.blocks[key] = make(*key)
+        if len(self.blocks) > self.size:
+            self.blocks.popitem(last=False)
+        return block
 
 
 @dataclass
@@ -200,26 +222,36 @@ class VectorMap:
     def __init__(self, specs: list[MapLayerSpec], grid: Grid) -> None:
         self.grid = grid
         self.specs = specs
-        self._memory = ogr.GetDriverByName("Memory").CreateDataSource("magc_map")
-        srs = _srs(grid.crs_wkt) if grid.crs_wkt else None
-        self._layer = self._memory.CreateLayer("classes", srs=srs, geom_type=ogr.wkbMultiPolygon)
-        self._layer.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger))
         self.feature_counts: dict[str, int] = {}
         geometries = [item for spec in specs for item in self._load(spec)]
         geometries.sort(key=lambda item: BURN_ORDER.index(CLASS_SCHEMA[item[0]]))
+        # Only the data source is kept: its layer is fetched when needed, so no layer object
+        # can outlive it (a GDAL segfault at garbage collection otherwise).
+        self._memory = ogr.GetDriverByName("Memory").CreateDataSource("magc_map")
+        srs = _srs(grid.crs_wkt) if grid.crs_wkt else None
+        layer = self._memory.CreateLayer("classes", srs=srs, geom_type=ogr.wkbMultiPolygon)
+        layer.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger))
         for class_id, geometry in geometries:
-            feature = ogr.Feature(self._layer.GetLayerDefn())
+            feature = ogr.Feature(layer.GetLayerDefn())
             feature.SetField("cls", class_id)
             feature.SetGeometry(ogr.CreateGeometryFromWkb(geometry.wkb))
-            self._layer.CreateFeature(feature)
-        self._cached_block = lru_cache(maxsize=64)(self._rasterise_block)
+            layer.CreateFeature(feature)
+        del layer
+        self._cache = BlockCache()
 
     def _load(self, spec: MapLayerSpec) -> list[tuple[int, BaseGeometry]]:
         source, layer = _open_layer(spec)
+        try:
+            return self._load_features(spec, layer)
+        finally:
+            del layer  # before its data source
+            del source
+
+    def _load_features(self, spec: MapLayerSpec, layer: ogr.Layer) -> list[tuple[int, BaseGeometry]]:
         if layer.GetFeatureCount() == 0:
             raise InputError(f"map layer {spec.describe()} is empty")
         layer_srs = layer.GetSpatialRef()
-        if layer_srs is None:
+        if layer_srs is None or (layer_srs.GetName() or "").startswith("Undefined"):  # GeoPackage srs_id 0 / -1
             raise InputError(f"map layer {spec.describe()} has no CRS; assign one (e.g. in QGIS) and try again")
         if not self.grid.crs_wkt:
             raise InputError("the raster has no CRS, so a vector map cannot be placed on it")
@@ -285,21 +317,24 @@ class VectorMap:
             width = 4.0
         return shape.buffer(width / 2 / metres_per_unit, cap_style="flat" if "Line" in shape.geom_type else "round")
 
+    def _block(self, by: int, bx: int) -> np.ndarray:
+        return self._cache.get((by, bx), self._rasterise_block)
+
     def _rasterise_block(self, by: int, bx: int) -> np.ndarray:
         x0, y0 = bx * BLOCK, by * BLOCK
         target = gdal.GetDriverByName("MEM").Create("", BLOCK, BLOCK, 1, gdal.GDT_Byte)
         target.SetGeoTransform(self.grid.window_geotransform(x0, y0))
         if self.grid.crs_wkt:
             target.SetProjection(self.grid.crs_wkt)
-        gdal.RasterizeLayer(target, [1], self._layer, options=["ATTRIBUTE=cls"])
+        gdal.RasterizeLayer(target, [1], self._memory.GetLayer(0), options=["ATTRIBUTE=cls"])
         return target.GetRasterBand(1).ReadAsArray()
 
     def read(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """Class ids (height, width) of a window inside the raster."""
-        return assemble_blocks(self._cached_block, x0, y0, width, height, (), np.uint8)
+        return assemble_blocks(self._block, x0, y0, width, height, (), np.uint8)
 
     def fingerprint(self) -> bytes:
-        return fingerprint_blocks(self._cached_block, self.grid, ())
+        return fingerprint_blocks(self._block, self.grid, ())
 
 
 class EmptyMap:
@@ -340,11 +375,15 @@ class RasterMap:
         self.feature_counts = {}
         g = grid.geotransform
         bounds = (g[0], g[3] + g[5] * grid.height, g[0] + g[1] * grid.width, g[3])
+        self._source = source  # the warped VRT reads it: it must live as long
         self._warped = gdal.Warp(
             "", source, format="VRT", outputBounds=bounds, width=grid.width, height=grid.height,
             dstSRS=grid.crs_wkt, resampleAlg="near", outputType=gdal.GDT_Byte, dstNodata=None,
         )
-        self._cached_block = lru_cache(maxsize=32)(self._read_block)
+        self._cache = BlockCache(32)
+
+    def _block(self, by: int, bx: int) -> np.ndarray:
+        return self._cache.get((by, bx), self._read_block)
 
     def _read_block(self, by: int, bx: int) -> np.ndarray:
         x0, y0 = bx * BLOCK, by * BLOCK
@@ -355,10 +394,10 @@ class RasterMap:
         return block
 
     def read(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
-        return assemble_blocks(self._cached_block, x0, y0, width, height, (3,), np.uint8)
+        return assemble_blocks(self._block, x0, y0, width, height, (3,), np.uint8)
 
     def fingerprint(self) -> bytes:
-        return fingerprint_blocks(self._cached_block, self.grid, (3,))
+        return fingerprint_blocks(self._block, self.grid, (3,))
 
 
 def render_classes(class_map: np.ndarray) -> np.ndarray:
