@@ -115,6 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--source", default="../shared/data/dubai-aerial")
     prep.add_argument("-o", "--output", default="data/dubai")
 
+    demo = sub.add_parser("demo", help="compress and decompress a real validation image with the shipped weights")
+    demo.add_argument("--shared-data", default="../shared/data")
+    demo.add_argument("-o", "--output", default="out/demo")
+    demo.add_argument("--rate", type=int)
+    demo.add_argument("--device", default="auto")
+
+    seg = sub.add_parser("train-segmentation", help="train the land-cover segmentation model used for mIoU")
+    seg.add_argument("--data", default="data/dubai")
+    seg.add_argument("--run", default="runs/segmentation")
+    seg.add_argument("--steps", type=int, default=600)
+    seg.add_argument("--export", default="resources/weights/segmentation.safetensors")
+
+    bench = sub.add_parser("bench", help="speed and memory of the lite codec against GDAL JPEG 2000 (writes JSON)")
+    bench.add_argument("-o", "--output", default="results/bench.json")
+    bench.add_argument("--shared-data", default="../shared/data")
+    bench.add_argument("--sizes", default="2048,5000,10000", help="square raster sizes for the memory test")
+    bench.add_argument("--repeats", type=int, default=3)
+
     conv = sub.add_parser("convert-official", help="convert the released MAGC checkpoint into magc-sd21 weights")
     conv.add_argument("checkpoint")
     conv.add_argument("-o", "--output", required=True, help="output folder")
@@ -209,6 +227,32 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.shared_data), Path(args.output), args.rate, args.device)
+    return 0
+
+
+def _train_segmentation(args: argparse.Namespace) -> int:
+    from .segmentation import evaluate_on_labels, save_segmenter, train_segmentation
+
+    net = train_segmentation(Path(args.data), Path(args.run), steps=args.steps)
+    scores = evaluate_on_labels(net, Path(args.data), "val")
+    manifest = {"command": " ".join(["magc"] + sys.argv[1:]), "data": "dubai-aerial tiles 1-5 (train); mIoU on tiles 6-7",
+                "steps": args.steps, "val_miou_on_originals": scores["miou"], "classes": "background, building, road, water, vegetation"}
+    save_segmenter(net, Path(args.export), manifest)
+    print(json.dumps(manifest, indent=1))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(Path(args.output), Path(args.shared_data), [int(s) for s in args.sizes.split(",")], args.repeats)
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from .convert import convert_official
 
@@ -226,7 +270,8 @@ def _info(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "encode": _encode, "decode": _decode, "info": _info, "roundtrip": _roundtrip, "presets": _presets,
-    "train": _train, "prepare-data": _prepare, "eval": _eval, "convert-official": _convert,
+    "train": _train, "prepare-data": _prepare, "eval": _eval, "convert-official": _convert, "demo": _demo,
+    "train-segmentation": _train_segmentation, "bench": _bench,
 }
 
 

@@ -112,7 +112,7 @@ def load_codec(
         codec = build_codec(config)
         trained = False
         source = "random initialisation"
-        if config.needs_sd_weights:
+        if config.needs_sd_weights or sd_weights:
             from .sd_loading import load_stable_diffusion
 
             source = load_stable_diffusion(codec, config, sd_weights) or source

@@ -95,28 +95,34 @@ def _polygonize(labels_tif: Path, out_gpkg: Path) -> None:
     os.replace(tmp, out_gpkg)
 
 
-def prepare_dubai(source: Path, out: Path) -> list[dict]:
-    """GeoTIFF + GeoPackage + label raster for every image; returns the index (also written)."""
+def prepare_image(image_path: Path, mask_path: Path, out: Path, name: str, origin: tuple[float, float]) -> dict:
+    """One image: ``NAME.tif`` (RGB), ``NAME.gpkg`` (land-cover polygons), ``NAME.labels.tif``."""
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / f"{name}.tif").exists():
+        image = np.asarray(Image.open(image_path).convert("RGB")).transpose(2, 0, 1)
+        _geotiff(out / f"{name}.tif", np.ascontiguousarray(image), origin)
+    if not (out / f"{name}.labels.tif").exists():
+        _geotiff(out / f"{name}.labels.tif", mask_labels(mask_path), origin, nodata=IGNORE)
+    if not (out / f"{name}.gpkg").exists():
+        _polygonize(out / f"{name}.labels.tif", out / f"{name}.gpkg")
+    return {"name": name, "image": f"{name}.tif", "map": f"{name}.gpkg", "labels": f"{name}.labels.tif"}
+
+
+def prepare_dubai(source: Path, out: Path) -> list[dict]:
+    """GeoTIFF + GeoPackage + label raster for every image; returns the index (also written).
+
+    Each image gets its own place in UTM 40N (1 m pixels) so that no two overlap."""
     index = []
     for tile in range(1, 8):
         for part in range(1, 10):
             image_path = source / f"tile{tile}" / "images" / f"image_part_00{part}.jpg"
-            mask_path = source / f"tile{tile}" / "masks" / f"image_part_00{part}.png"
             if not image_path.exists():
                 continue
-            name = f"tile{tile}_part{part}"
+            mask_path = source / f"tile{tile}" / "masks" / f"image_part_00{part}.png"
             origin = (200_000.0 + 20_000.0 * tile + 2_500.0 * part, 2_800_000.0)
-            image = np.asarray(Image.open(image_path).convert("RGB")).transpose(2, 0, 1)
-            labels = mask_labels(mask_path)
-            if not (out / f"{name}.tif").exists():
-                _geotiff(out / f"{name}.tif", np.ascontiguousarray(image), origin)
-            if not (out / f"{name}.labels.tif").exists():
-                _geotiff(out / f"{name}.labels.tif", labels, origin, nodata=IGNORE)
-            if not (out / f"{name}.gpkg").exists():
-                _polygonize(out / f"{name}.labels.tif", out / f"{name}.gpkg")
-            index.append({"name": name, "tile": tile, "split": "train" if tile in TRAIN_TILES else "val",
-                          "image": f"{name}.tif", "map": f"{name}.gpkg", "labels": f"{name}.labels.tif"})
+            item = prepare_image(image_path, mask_path, out, f"tile{tile}_part{part}", origin)
+            item.update(tile=tile, split="train" if tile in TRAIN_TILES else "val")
+            index.append(item)
     (out / "index.json").write_text(json.dumps(index, indent=1))
     return index
 

@@ -7,8 +7,9 @@ Stage 1 (rate-distortion, autoencoder + LCM, one model for every rate):
 
 with the rate k cycling over the preset's operating points, and the entropy bottlenecks'
 quantiles trained by their auxiliary loss (a separate optimiser, as compressai does). The
-β term keeps z0 itself decodable, so that it is a sensible target for stage 2; the γ term
-is the official stage-1 latent loss.
+β term (on a quarter of the batch) keeps z0 itself decodable, so that it is a sensible
+target for stage 2; the γ term is the official stage-1 latent loss. The per-rate gains
+learn 10x faster than the networks: in a short run they must move the rates far.
 
 Stage 2 (conditional denoiser, autoencoder and LCM frozen): the latent is first scaled to
 unit variance (the scale is folded into the LCM's first and last convolutions, so stage 1's
@@ -46,18 +47,30 @@ def bits_per_pixel(likelihoods: dict[str, torch.Tensor], pixels: int) -> torch.T
     return sum(-torch.log2(lik).sum() for lik in likelihoods.values()) / pixels
 
 
-def _split_params(codec: MagcCodec) -> tuple[list, list]:
-    main, aux = [], []
+GAIN_LR_FACTOR = 10.0  # the per-rate gains must travel far in a short run
+AE_BRANCH_FRACTION = 4  # the z0 reconstruction term uses 1/4 of the batch (it only keeps z0 decodable)
+
+
+def _split_params(codec: MagcCodec) -> tuple[list, list, list]:
+    main, gains, aux = [], [], []
     for name, param in list(codec.autoencoder.named_parameters()) + [("lcm." + n, p) for n, p in codec.lcm.named_parameters()]:
-        (aux if name.endswith("quantiles") else main).append(param)
-    return main, aux
+        if name.endswith("quantiles"):
+            aux.append(param)
+        elif "log_gains" in name or "log_hyper_gains" in name:
+            gains.append(param)
+        else:
+            main.append(param)
+    return main, gains, aux
 
 
 def train_stage1(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int) -> None:
     codec.train()
     codec.denoiser.requires_grad_(False)
-    main, aux = _split_params(codec)
-    optimizers = {"main": torch.optim.Adam(main, lr=cfg.lr), "aux": torch.optim.Adam(aux, lr=1e-3)}
+    main, gains, aux = _split_params(codec)
+    optimizers = {
+        "main": torch.optim.Adam([{"params": main}, {"params": gains, "lr": cfg.lr * GAIN_LR_FACTOR}], lr=cfg.lr),
+        "aux": torch.optim.Adam(aux, lr=1e-2),
+    }
     lambdas = [r.lmbda for r in codec.preset.rates]
     classes = codec.preset.map.num_classes
 
@@ -67,15 +80,17 @@ def train_stage1(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
         sems = codec.lcm.map_encoder(class_fractions(maps, classes))
         z0 = codec.autoencoder.encode(x)
         out = codec.lcm(z0, sems, k)
-        x_hat, x_ae = codec.autoencoder.decode(torch.cat([out["z_tilde"], z0])).chunk(2)
+        n_ae = max(1, batch // AE_BRANCH_FRACTION)
+        decoded = codec.autoencoder.decode(torch.cat([out["z_tilde"], z0[:n_ae]]))
+        x_hat, x_ae = decoded[:batch], decoded[batch:]
         d_hat, ms_hat, mse_hat = distortion(x_hat, x)
-        d_ae, _, mse_ae = distortion(x_ae, x)
+        d_ae, _, mse_ae = distortion(x_ae, x[:n_ae])
         bpp = bits_per_pixel(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3])
         latent = F.mse_loss(out["z_tilde"], z0) / (z0.detach().var() + 1e-6)
         loss = lambdas[k] * (d_hat + GAMMA_LATENT * latent) + bpp + BETA_AE * d_ae
         optimizers["main"].zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(main, 1.0)
+        torch.nn.utils.clip_grad_norm_(main + gains, 1.0)
         optimizers["main"].step()
         aux_loss = codec.lcm.aux_loss()
         optimizers["aux"].zero_grad(set_to_none=True)

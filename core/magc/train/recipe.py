@@ -75,7 +75,7 @@ def export(codec: torch.nn.Module, preset: PresetConfig, path: Path, source: str
     """Freeze the entropy tables and write the self-describing safetensors file."""
     codec.eval()
     for eb in codec.lcm.entropy_bottlenecks:
-        eb.update(force=True)
+        eb.update(force=True, update_quantiles=True)  # exact tails, whatever the aux loss reached
     codec.lcm.gaussian_conditional.update()
     save_weights(codec, preset, path, trained=True, source=source, manifest=manifest)
     return path

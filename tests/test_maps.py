@@ -1,0 +1,144 @@
+"""Vector layers -> class maps on the raster grid: reprojection, classes, widths, fingerprints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal, ogr, osr
+
+from magc.errors import InputError, UsageError
+from magc.maps import BLOCK, CLASS_IDS, Grid, MapLayerSpec, RasterMap, VectorMap, classify_value, open_map, render_classes
+from magc.raster import RasterReader
+
+
+def grid_of(path: Path) -> Grid:
+    info = RasterReader(path, compute_ranges=False).info
+    return Grid(info.width, info.height, info.geotransform, info.crs_wkt)
+
+
+def line_layer(path: Path, epsg: int, rows: list[tuple[str, str]]) -> Path:
+    """A GeoPackage of lines with a ``highway`` field, given as (WKT, highway)."""
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = source.CreateLayer("roads", srs=srs, geom_type=ogr.wkbLineString)
+    layer.CreateField(ogr.FieldDefn("highway", ogr.OFTString))
+    for wkt, highway in rows:
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetField("highway", highway)
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(wkt))
+        layer.CreateFeature(feature)
+    feature = layer = source = None
+    return path
+
+
+def test_spec_parsing() -> None:
+    spec = MapLayerSpec.parse("osm.gpkg|layername=lines|field=highway")
+    assert (spec.path, spec.layer, spec.class_field, spec.fixed_class) == ("osm.gpkg", "lines", "highway", None)
+    assert MapLayerSpec.parse("b.shp|class=building").fixed_class == "building"
+    with pytest.raises(UsageError):
+        MapLayerSpec.parse("b.shp|class=castle")
+    with pytest.raises(UsageError):
+        MapLayerSpec.parse("b.shp|colour=red")
+
+
+@pytest.mark.parametrize("value,expected", [("building", "building"), ("2", "road"), ("primary", "road"), ("forest", "vegetation"),
+                                            ("reservoir", "water"), ("Residential", "road"), ("spaceport", None)])
+def test_osm_and_schema_values(value: str, expected: str | None) -> None:
+    assert classify_value(value) == expected
+
+
+def test_buildings_rasterise_the_same_from_another_crs(fixtures_dir: Path, tmp_path: Path) -> None:
+    raster = fixtures_dir / "sample_geotiff.tif"
+    grid = grid_of(raster)
+    native = VectorMap([MapLayerSpec(str(fixtures_dir / "geotiff_labels.geojson"), fixed_class="building")], grid)
+    wgs84 = tmp_path / "b4326.gpkg"
+    gdal.VectorTranslate(str(wgs84), str(fixtures_dir / "geotiff_labels.geojson"), dstSRS="EPSG:4326", format="GPKG")
+    reprojected = VectorMap([MapLayerSpec(str(wgs84), fixed_class="building")], grid)
+    a, b = native.read(0, 0, grid.width, grid.height), reprojected.read(0, 0, grid.width, grid.height)
+    buildings_a, buildings_b = a == CLASS_IDS["building"], b == CLASS_IDS["building"]
+    assert buildings_a.mean() > 0.02  # the 43 footprints cover a real share of the chip
+    iou = (buildings_a & buildings_b).sum() / (buildings_a | buildings_b).sum()
+    assert iou > 0.97
+
+
+def test_windows_agree_with_the_whole_map(fixtures_dir: Path) -> None:
+    grid = grid_of(fixtures_dir / "sample_geotiff.tif")
+    vmap = VectorMap([MapLayerSpec(str(fixtures_dir / "geotiff_labels.geojson"), fixed_class="building")], grid)
+    whole = vmap.read(0, 0, grid.width, grid.height)
+    assert np.array_equal(vmap.read(300, 170, 333, 411), whole[170:581, 300:633])
+
+
+def test_roads_get_their_width(tmp_path: Path) -> None:
+    grid = Grid(400, 400, (500000.0, 1.0, 0.0, 2800400.0, 0.0, -1.0), _wkt(32640))
+    layer = line_layer(tmp_path / "roads.gpkg", 32640, [
+        ("LINESTRING (500000 2800300, 500400 2800300)", "motorway"),
+        ("LINESTRING (500000 2800100, 500400 2800100)", "residential"),
+    ])
+    classes = VectorMap([MapLayerSpec(str(layer))], grid).read(0, 0, 400, 400)
+    road = classes == CLASS_IDS["road"]
+    assert road[:, 200][80:120].sum() == pytest.approx(24, abs=1)  # motorway (row 100): 24 m
+    assert road[:, 200][280:320].sum() == pytest.approx(8, abs=1)   # residential (row 300): 8 m
+
+
+def test_burn_order_building_over_road(tmp_path: Path) -> None:
+    grid = Grid(100, 100, (500000.0, 1.0, 0.0, 2800100.0, 0.0, -1.0), _wkt(32640))
+    roads = line_layer(tmp_path / "r.gpkg", 32640, [("LINESTRING (500000 2800050, 500100 2800050)", "primary")])
+    buildings = tmp_path / "b.geojson"
+    buildings.write_text('{"type":"FeatureCollection","crs":{"type":"name","properties":{"name":"EPSG:32640"}},"features":[{"type":"Feature","properties":{"class":"building"},"geometry":{"type":"Polygon","coordinates":[[[500040,2800060],[500060,2800060],[500060,2800040],[500040,2800040],[500040,2800060]]]}}]}')
+    classes = VectorMap([MapLayerSpec(str(buildings)), MapLayerSpec(str(roads))], grid).read(0, 0, 100, 100)
+    assert classes[50, 50] == CLASS_IDS["building"]
+    assert classes[50, 10] == CLASS_IDS["road"]
+
+
+def test_fingerprint_tracks_the_map(fixtures_dir: Path, tmp_path: Path) -> None:
+    grid = grid_of(fixtures_dir / "sample_geotiff.tif")
+    spec = MapLayerSpec(str(fixtures_dir / "geotiff_labels.geojson"), fixed_class="building")
+    a = VectorMap([spec], grid).fingerprint()
+    assert a == VectorMap([spec], grid).fingerprint()
+    other = VectorMap([MapLayerSpec(spec.path, fixed_class="water")], grid).fingerprint()
+    assert a != other
+    assert a != open_map([], grid, "classes").fingerprint()
+
+
+def test_openstreetmap_tags_are_detected(fixtures_dir: Path) -> None:
+    """The SpaceNet footprints carry OSM tags (building=yes): no assignment needed."""
+    grid = grid_of(fixtures_dir / "sample_geotiff.tif")
+    labels = str(fixtures_dir / "geotiff_labels.geojson")
+    auto = VectorMap([MapLayerSpec(labels)], grid).read(0, 0, grid.width, grid.height)
+    explicit = VectorMap([MapLayerSpec(labels, fixed_class="building")], grid).read(0, 0, grid.width, grid.height)
+    assert np.array_equal(auto, explicit) and auto.any()
+
+
+def test_layer_without_classes_is_explained(tmp_path: Path) -> None:
+    grid = Grid(100, 100, (500000.0, 1.0, 0.0, 2800100.0, 0.0, -1.0), _wkt(32640))
+    path = tmp_path / "plain.geojson"
+    path.write_text('{"type":"FeatureCollection","crs":{"type":"name","properties":{"name":"EPSG:32640"}},"features":[{"type":"Feature","properties":{"id":1},"geometry":{"type":"Point","coordinates":[500050,2800050]}}]}')
+    with pytest.raises(InputError, match="class="):
+        VectorMap([MapLayerSpec(str(path))], grid)
+
+
+def test_rgb_map_raster_is_warped_onto_the_grid(fixtures_dir: Path, tmp_path: Path) -> None:
+    """A rendered basemap in EPSG:4326 for an RGB-map preset lands on the UTM raster's grid."""
+    grid = grid_of(fixtures_dir / "sample_geotiff.tif")
+    classes = VectorMap([MapLayerSpec(str(fixtures_dir / "geotiff_labels.geojson"), fixed_class="building")], grid).read(0, 0, grid.width, grid.height)
+    rendered = tmp_path / "basemap_utm.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(rendered), grid.width, grid.height, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform(grid.geotransform)
+    ds.SetProjection(grid.crs_wkt)
+    ds.WriteRaster(0, 0, grid.width, grid.height, render_classes(classes).tobytes())
+    ds = None
+    basemap = tmp_path / "basemap_4326.tif"
+    gdal.Warp(str(basemap), str(rendered), dstSRS="EPSG:4326", resampleAlg="near")
+    warped = RasterMap(str(basemap), grid).read(0, 0, grid.width, grid.height)
+    agree = (warped == render_classes(classes)).all(0).mean()
+    assert warped.shape == (3, grid.height, grid.width) and agree > 0.97
+    assert open_map([str(basemap)], grid, "rgb").kind == "rgb"
+    assert BLOCK == 256
+
+
+def _wkt(epsg: int) -> str:
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    return srs.ExportToWkt()

@@ -1,0 +1,114 @@
+"""The sampler: official respaced timesteps and posterior, few-step lite sampling, loading SD."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from magc.config import SamplerConfig, load_preset
+from magc.sampling import make_schedule, predict_x0_eps, sample, sampling_timesteps
+
+
+def test_official_respaced_timesteps() -> None:
+    """The 50 IDDPM-respaced steps listed in magc_official_keys_summary.md, descending."""
+    steps = sampling_timesteps(load_preset("magc-sd21").sampler)
+    expected = [0, 20, 41, 61, 82, 102, 122, 143, 163, 183, 204, 224, 245, 265, 285, 306, 326, 347, 367, 387, 408, 428,
+                449, 469, 489, 510, 530, 550, 571, 591, 612, 632, 652, 673, 693, 714, 734, 754, 775, 795, 816, 836, 856,
+                877, 897, 917, 938, 958, 979, 999]
+    assert steps == expected[::-1]
+
+
+def test_official_schedule_values() -> None:
+    cfg = load_preset("magc-sd21").sampler
+    alphas = make_schedule(cfg).alphas_cumprod.double()
+    assert float(make_schedule(cfg).betas[0]) == pytest.approx(0.00085, rel=1e-6)
+    assert float(alphas[0]) == pytest.approx(0.99915, rel=1e-6)
+    assert float(alphas[999]) == pytest.approx(0.004660098513077238, rel=1e-5)
+
+
+def test_eta_one_step_is_the_official_ddpm_posterior() -> None:
+    """DDIM with eta = 1 has the official respaced posterior variance (fixed_small)."""
+    cfg = load_preset("magc-sd21").sampler
+    alphas = make_schedule(cfg).alphas_cumprod.double()
+    steps = sampling_timesteps(cfg)[::-1]  # ascending
+    variances = []
+    for k in range(3):
+        a_t = alphas[steps[k]]
+        a_prev = alphas[steps[k - 1]] if k > 0 else torch.tensor(1.0, dtype=torch.float64)
+        variances.append(float((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)))
+    assert variances == pytest.approx([0.0, 0.0008120241601235992, 0.009947987007650868], rel=1e-4, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
+def test_prediction_types_invert(kind: str) -> None:
+    torch.manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    a = torch.tensor(0.3)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    output = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[kind]
+    got_x0, got_eps = predict_x0_eps(output, x_t, a, kind)
+    assert torch.allclose(got_x0, x0, atol=1e-5) and torch.allclose(got_eps, eps, atol=1e-5)
+
+
+def test_perfect_denoiser_recovers_the_target_in_few_steps() -> None:
+    """With an oracle x0-predictor, 4 lite steps return the target exactly, whatever the noise."""
+    cfg = load_preset("lite").sampler
+    target = torch.randn(1, 8, 16, 16)
+    calls = []
+    generator = torch.Generator().manual_seed(0)
+
+    def oracle(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(int(t[0]))
+        return target
+
+    result = sample(oracle, cfg, "sample", torch.zeros_like(target), lambda i: torch.randn(target.shape, generator=generator))
+    assert torch.allclose(result, target)
+    assert len(calls) == cfg.steps <= 4
+
+
+def test_strength_starts_from_the_guide() -> None:
+    cfg = SamplerConfig(scheduler="DDPMScheduler", scheduler_config={"num_train_timesteps": 1000, "timestep_spacing": "trailing"},
+                        steps=4, strength=0.5, eta=0.0)
+    assert max(sampling_timesteps(cfg)) <= 500
+
+
+def tiny_sd_folder(path: Path) -> Path:
+    """A diffusers folder shaped like SD 2.1-base at toy size (VAE, UNet with 4 inputs, text encoder)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    preset = load_preset("tiny-sd21")
+    torch.manual_seed(1)
+    AutoencoderKL(**preset.autoencoder.vae).save_pretrained(path / "vae")
+    unet_config = dict(preset.denoiser.unet, in_channels=4)
+    UNet2DConditionModel(**unet_config).save_pretrained(path / "unet")
+    text = CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          max_position_embeddings=77, projection_dim=16)
+    CLIPTextModel(text).save_pretrained(path / "text_encoder")
+    return path
+
+
+def test_stable_diffusion_folder_is_loaded_and_conv_in_widened(tmp_path: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from magc.models.loading import load_codec
+
+    folder = tiny_sd_folder(tmp_path / "sd")
+    loaded = load_codec("tiny-sd21", allow_untrained=True, device="cpu", sd_weights=folder)
+    assert "Stable Diffusion" in loaded.source and not loaded.trained
+    original = UNet2DConditionModel.from_pretrained(folder / "unet").conv_in.weight
+    widened = loaded.codec.denoiser.unet.conv_in.weight
+    assert widened.shape[1] == 8
+    assert torch.equal(widened[:, :4], original) and not widened[:, 4:].any()  # the z~ channels start at zero
+    assert loaded.codec.denoiser.context.abs().sum() > 0  # the empty-prompt embedding was computed
+    cached = list((Path(__import__("os").environ["XDG_DATA_HOME"]) / "magc" / "weights").glob("sd-empty-prompt-*.safetensors"))
+    assert cached
+
+
+def test_missing_stable_diffusion_folder_is_an_input_error(tmp_path: Path) -> None:
+    from magc.errors import InputError
+    from magc.models.loading import load_codec
+
+    with pytest.raises(InputError, match="not found"):
+        load_codec("tiny-sd21", allow_untrained=True, device="cpu", sd_weights=tmp_path / "nowhere")
