@@ -22,7 +22,8 @@ class MapConfig:
 
     ``classes``: a class map (see ``maps.CLASS_SCHEMA``) fed as per-class area fractions at
     1/8 resolution. ``rgb``: a rendered map raster in [0, 1] at full resolution (the official
-    MAGC checkpoint was trained on rendered OpenStreetMap tiles).
+    MAGC checkpoint was trained on rendered OpenStreetMap tiles). ``none``: the method uses no
+    map (SPRDiff); map layers given to it are ignored.
     """
 
     kind: str = "classes"
@@ -57,6 +58,7 @@ class LCMConfig:
     official_dead_branch: bool = True
     entropy_net: str = "float64"  # or "exact"
     scale_table: list[float] = field(default_factory=lambda: [0.11, 256.0, 64])
+    bottleneck_init_scale: float = 10.0  # compressai's default; smaller suits small hyper-latents
 
 
 @dataclass
@@ -123,6 +125,25 @@ class RateConfig:
 
 
 @dataclass
+class SprdiffConfig:
+    """SPRDiff's extra parts (see ``models/sprdiff.py`` and docs/sprdiff.md for the choices).
+
+    ``distortion_widths``: the learned-codec analysis transform (conv5x5 s2 + GDN) down to
+    1/8; ``semantic_levels``: which EfficientNet-Lite0 pyramid levels (0..3 = strides
+    4..32) the semantic encoder contributes at 1/8; ``fusion_channels``: width after fusing
+    the three encoders; ``pixel_channels``: the DARM's pixel-level condition (concatenated
+    to the UNet input); ``semantic_widths``: the DARM's semantic conditions, one per UNet
+    injection point (``denoiser.adapter.injection``).
+    """
+
+    distortion_widths: list[int] = field(default_factory=lambda: [64, 96])
+    semantic_levels: list[int] = field(default_factory=lambda: [1, 2])
+    fusion_channels: int = 64
+    pixel_channels: int = 8
+    semantic_widths: list[int] = field(default_factory=lambda: [32, 32, 64])
+
+
+@dataclass
 class PresetConfig:
     name: str
     description: str = ""
@@ -137,7 +158,7 @@ class PresetConfig:
     weights: str = ""
     needs_sd_weights: bool = False
     method: str = "magc"
-    sprdiff: dict[str, Any] = field(default_factory=dict)
+    sprdiff: SprdiffConfig = field(default_factory=SprdiffConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,6 +189,7 @@ _NESTED = {
     ("PresetConfig", "tiling"): TilingConfig,
     ("PresetConfig", "rates"): RateConfig,
     ("DenoiserConfig", "adapter"): AdapterConfig,
+    ("PresetConfig", "sprdiff"): SprdiffConfig,
 }
 
 

@@ -453,7 +453,10 @@ def fingerprint_blocks(block_fn, grid: Grid, lead: tuple) -> bytes:
 
 
 def open_map(paths: list[str], grid: Grid, kind: str):
-    """The map source for a preset's map kind: class map (vectors) or RGB map (raster or rendering)."""
+    """The map source for a preset's map kind: class map (vectors), RGB map (raster or
+    rendering), or none (a method without maps ignores any layers given)."""
+    if kind == "none":
+        return EmptyMap(grid)
     if kind == "rgb" and len(paths) == 1 and _is_raster(paths[0]):
         return RasterMap(paths[0], grid)
     specs = [MapLayerSpec.parse(p) for p in paths]

@@ -46,12 +46,24 @@ def _stage(first: nn.Module, channels: int, blocks: int, norm: str) -> nn.Sequen
     return nn.Sequential(first, *[ResBlock(channels, channels, norm) for _ in range(blocks)])
 
 
+class MapFreeBlock(ResBlock):
+    """Stands where a SPADE block stands when there is no map: a residual block."""
+
+    def forward(self, x: torch.Tensor, segmap: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x)
+
+
+def _conditioned(channels: int, features: int, norm: str, dead: bool, map_free: bool) -> nn.Module:
+    return MapFreeBlock(channels, channels, norm) if map_free else SPADEResBlock(channels, features, norm, dead)
+
+
 class MapFeatureEncoder(nn.Module):
     """Map -> features at 1/8, 1/16, 1/32 of the image (``sem0``, ``sem1``, ``sem2``).
 
     ``official-rgb``: the official ``sem_encoder`` (4 convs, no activations, on the RGB map at
     full resolution). ``class-fractions``: the lite variant on per-class area fractions that
-    are already at 1/8 resolution.
+    are already at 1/8 resolution. ``none``: no map (SPRDiff): every feature is None and the
+    SPADE blocks become plain residual blocks.
     """
 
     def __init__(self, kind: str, in_channels: int, features: int, norm: str) -> None:
@@ -67,6 +79,9 @@ class MapFeatureEncoder(nn.Module):
             self.sem_encoder = nn.Sequential(
                 nn.Conv2d(in_channels, features, 3, 1, 1), nn.LeakyReLU(0.01), nn.Conv2d(features, features, 3, 1, 1)
             )
+        elif kind == "none":
+            self.sem_encoder = None
+            return
         else:
             raise ValueError(f"unknown map encoder {kind!r}")
         self.sem_conv1 = self._down(features, norm)
@@ -78,6 +93,8 @@ class MapFeatureEncoder(nn.Module):
         return nn.Sequential(nn.Conv2d(features, features, 3, 2, 1), norm_layer, nn.LeakyReLU(0.01))
 
     def forward(self, map_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.sem_encoder is None:  # map-free presets (SPRDiff)
+            return (None, None, None)
         sem0 = self.sem_encoder(map_input)
         sem1 = self.sem_conv1(sem0)
         return sem0, sem1, self.sem_conv2(sem1)
@@ -98,7 +115,7 @@ def symbol_checksum(symbols: np.ndarray) -> int:
 
 
 class LatentCompressionModule(nn.Module):
-    def __init__(self, cfg: LCMConfig, latent_channels: int, map_channels: int, num_rates: int) -> None:
+    def __init__(self, cfg: LCMConfig, latent_channels: int, map_channels: int, num_rates: int, in_channels: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         N, M, Mz, S = cfg.N, cfg.M, cfg.hyper_channels, cfg.slices
@@ -108,21 +125,22 @@ class LatentCompressionModule(nn.Module):
         nb, norm, feat = cfg.blocks, cfg.norm, cfg.map_features
         dead = cfg.official_dead_branch
 
+        free = cfg.map_encoder == "none"
         self.map_encoder = MapFeatureEncoder(cfg.map_encoder, map_channels, feat, norm)
-        self.ga_1 = _stage(nn.Conv2d(latent_channels, N, 3, padding=1), N, nb, norm)
-        self.ga_sem1 = SPADEResBlock(N, feat, norm, dead)
+        self.ga_1 = _stage(nn.Conv2d(in_channels or latent_channels, N, 3, padding=1), N, nb, norm)
+        self.ga_sem1 = _conditioned(N, feat, norm, dead, free)
         self.ga_2 = _stage(Downsample(N), N, nb, norm)
-        self.ga_sem2 = SPADEResBlock(N, feat, norm, dead)
+        self.ga_sem2 = _conditioned(N, feat, norm, dead, free)
         self.ga_3 = _stage(Downsample(N), N, nb, norm)
-        self.ga_sem3 = SPADEResBlock(N, feat, norm, dead)
+        self.ga_sem3 = _conditioned(N, feat, norm, dead, free)
         self.ga_4 = nn.Conv2d(N, M, 3, padding=1)
 
         self.gs_1 = _stage(nn.Conv2d(M, N, 3, padding=1), N, nb, norm)
-        self.gs_sem1 = SPADEResBlock(N, feat, norm, dead)
+        self.gs_sem1 = _conditioned(N, feat, norm, dead, free)
         self.gs_2 = _stage(Upsample(N), N, nb, norm)
-        self.gs_sem2 = SPADEResBlock(N, feat, norm, dead)
+        self.gs_sem2 = _conditioned(N, feat, norm, dead, free)
         self.gs_3 = _stage(Upsample(N), N, nb, norm)
-        self.gs_sem3 = SPADEResBlock(N, feat, norm, dead)
+        self.gs_sem3 = _conditioned(N, feat, norm, dead, free)
         self.gs_4 = nn.Conv2d(N, latent_channels, 3, padding=1)
 
         self.ha_1 = nn.Sequential(
@@ -144,7 +162,7 @@ class LatentCompressionModule(nn.Module):
         self.cc_mean_transforms = nn.ModuleList(make_cc(i) for i in range(S))
         self.cc_scale_transforms = nn.ModuleList(make_cc(i) for i in range(S))
 
-        self.entropy_bottlenecks = nn.ModuleList(EntropyBottleneck(Mz) for _ in range(num_rates))
+        self.entropy_bottlenecks = nn.ModuleList(EntropyBottleneck(Mz, init_scale=cfg.bottleneck_init_scale) for _ in range(num_rates))
         self.gaussian_conditional = GaussianConditional(scale_table(*cfg.scale_table))
         self.log_gains = nn.Parameter(torch.zeros(num_rates, M))
         self.log_hyper_gains = nn.Parameter(torch.zeros(num_rates, Mz))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,13 +33,14 @@ class Recipe:
     stage2_crop: int = 192
     stage2_lr: float = 5e-4
     seed: int = 0
-    extra: dict = field(default_factory=dict)
+    vae_weights: str = "resources/weights/lite.safetensors"  # SPRDiff's frozen VAE
 
 
-def _load_modules(codec: torch.nn.Module, ckpt: Path, names: list[str]) -> None:
+def _load_modules(codec: torch.nn.Module, ckpt: Path) -> None:
+    """Every module a stage checkpoint saved (the stages name them after codec attributes)."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    for name in names:
-        getattr(codec, name).load_state_dict(state["modules"][name])
+    for name, module_state in state["modules"].items():
+        getattr(codec, name).load_state_dict(module_state)
 
 
 def _stage_done(ckpt: Path, steps: int) -> bool:
@@ -55,7 +56,9 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(json.dumps({"preset": preset_name, "recipe": recipe.__dict__, "device": device, "argv": sys.argv}, indent=1))
     if preset.method == "sprdiff":
-        from .sprdiff_stages import train_stage1 as stage1_fn, train_stage2 as stage2_fn
+        from .sprdiff_stages import load_vae, train_stage1 as stage1_fn, train_stage2 as stage2_fn
+
+        load_vae(codec, Path(recipe.vae_weights))
     else:
         from .magc_stages import train_stage1 as stage1_fn, train_stage2 as stage2_fn
     stage1_ckpt, stage2_ckpt = run_dir / "stage1.ckpt", run_dir / "stage2.ckpt"
@@ -63,11 +66,11 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         sampler = CropSampler(scenes, recipe.stage1_crop, seed=recipe.seed)
         stage1_fn(codec, sampler, run_dir, LoopConfig(recipe.stage1_steps, recipe.stage1_lr), recipe.stage1_batch)
     if 2 in stages:
-        _load_modules(codec, stage1_ckpt, ["autoencoder", "lcm"])
+        _load_modules(codec, stage1_ckpt)
         if not _stage_done(stage2_ckpt, recipe.stage2_steps):
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 1)
             stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch)
-        _load_modules(codec, stage2_ckpt, ["autoencoder", "lcm", "denoiser"])
+        _load_modules(codec, stage2_ckpt)
     return codec
 
 
