@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--rates", help="comma-separated rate indexes (default: all)")
     ev.add_argument("--segmentation", help="segmentation model weights (default: resources/weights/segmentation.safetensors)")
     ev.add_argument("--limit", type=int, help="evaluate only the first N images")
+    ev.add_argument("--update-manifest", action="store_true", help="record the measured bpp per rate in the weights' manifest")
     _add_model_options(ev)
 
     tr = sub.add_parser("train", help="train a preset (resumable; see the README for the recipe)")
@@ -178,13 +179,14 @@ def _roundtrip(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     from .config import available_presets, load_preset
     from .models.loading import find_weights
-    from .models.weights import read_metadata
+    from .train.recipe import manifest_path
 
     rows = []
     for name in available_presets():
         preset = load_preset(name)
         path = find_weights(preset)
-        manifest = json.loads(read_metadata(path).get("manifest", "{}")) if path else {}
+        manifest_file = manifest_path(path) if path else None
+        manifest = json.loads(manifest_file.read_text()) if manifest_file and manifest_file.exists() else {}
         rows.append({
             "preset": name, "rates": len(preset.rates), "default_rate": preset.default_rate,
             "map": preset.map.kind, "weights": str(path) if path else None,
@@ -201,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
     stages = tuple(int(s) for s in args.stages.split(","))
     codec = train(args.preset, Path(args.data), run, Recipe(), stages, device=args.device)
     if args.export:
-        export(codec, codec.preset, Path(args.export), source=" ".join(["magc"] + sys.argv[1:]))
+        export(codec, codec.preset, Path(args.export), source=" ".join(["magc"] + sys.argv[1:]), run_dir=run)
         print(f"weights written to {args.export}", file=sys.stderr)
     return 0
 
@@ -223,6 +225,16 @@ def _eval(args: argparse.Namespace) -> int:
     rates = [int(r) for r in args.rates.split(",")] if args.rates else None
     table = run_evaluation(Path(args.data), args.split, Path(args.output), args.preset, rates=rates, device=args.device,
                            weights=args.weights, segmentation=args.segmentation, limit=args.limit, quiet=args.quiet)
+    if args.update_manifest:
+        from .config import load_preset
+        from .models.loading import find_weights
+        from .train.recipe import manifest_path
+
+        weights = find_weights(load_preset(args.preset), args.weights)
+        manifest = json.loads(manifest_path(weights).read_text())
+        manifest["bpp_per_rate"] = {row["rate"]: row["bpp"] for row in table["rows"] if row["method"] == args.preset}
+        manifest["bpp_measured_on"] = f"{args.split} split of {args.data} ({table['summary']['images']} images), `magc eval`"
+        manifest_path(weights).write_text(json.dumps(manifest, indent=1))
     print(json.dumps(table["summary"], indent=1))
     return 0
 

@@ -24,7 +24,7 @@ from .loop import LoopConfig
 
 @dataclass
 class Recipe:
-    stage1_steps: int = 4000
+    stage1_steps: int = 7000
     stage1_batch: int = 8
     stage1_crop: int = 192
     stage1_lr: float = 4e-4
@@ -74,13 +74,27 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
     return codec
 
 
-def export(codec: torch.nn.Module, preset: PresetConfig, path: Path, source: str, manifest: dict | None = None) -> Path:
-    """Freeze the entropy tables and write the self-describing safetensors file."""
+def manifest_path(weights: Path) -> Path:
+    return weights.with_name(weights.name.replace(".safetensors", ".manifest.json"))
+
+
+def export(codec: torch.nn.Module, preset: PresetConfig, path: Path, source: str, run_dir: Path | None = None) -> Path:
+    """Freeze the entropy tables, write the self-describing safetensors file and its manifest
+    (preset, command, data, steps per stage, device, sha256; measured bpp per rate is added
+    by ``magc eval --update-manifest``)."""
+    import hashlib
+
     codec.eval()
     for eb in codec.lcm.entropy_bottlenecks:
         eb.update(force=True, update_quantiles=True)  # exact tails, whatever the aux loss reached
     codec.lcm.gaussian_conditional.update()
-    save_weights(codec, preset, path, trained=True, source=source, manifest=manifest)
+    recipe = json.loads((run_dir / "recipe.json").read_text()) if run_dir and (run_dir / "recipe.json").exists() else {}
+    training = {"command": source, "data": "dubai-aerial tiles 1-5 (training); tiles 6-7 held out for evaluation",
+                "recipe": recipe.get("recipe"), "device": recipe.get("device", "cpu")}
+    save_weights(codec, preset, path, trained=True, source=source, manifest=training)
+    manifest = {"preset": preset.name, "weights": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "bytes": path.stat().st_size, **training, "bpp_per_rate": None}
+    manifest_path(path).write_text(json.dumps(manifest, indent=1))
     return path
 
 
