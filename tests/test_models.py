@@ -2,7 +2,6 @@
 device: no memory), and the official forward-pass facts hold in the small presets."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -21,7 +21,7 @@ field or of OpenStreetMap tag fields (``building``, ``highway``, ``natural`` ...
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections import OrderedDict
 from pathlib import Path
 
