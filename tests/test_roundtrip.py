@@ -155,3 +155,29 @@ def test_cli_roundtrip_writes_file_reconstruction_and_report(fixtures_dir: Path,
     info = json.loads(subprocess.run([sys.executable, "-m", "magc.cli", "info", str(tmp_path / "sample_geotiff.magc")],
                                      capture_output=True, text=True, check=True).stdout)
     assert info["preset"] == "tiny-lite" and info["crs"] == "EPSG:32616"
+
+
+def test_target_bpp_picks_the_highest_rate_that_meets_it(tmp_path: Path, tiny_lite) -> None:
+    raster = write_geotiff(tmp_path / "in.tif", smooth_image(256, 256))
+    per_rate = [encode_raster(raster, tmp_path / f"r{k}.magc", codec=tiny_lite, rate=k).bpp for k in range(2)]
+    assert per_rate[0] < per_rate[1]
+    generous = encode_raster(raster, tmp_path / "g.magc", codec=tiny_lite, bpp=per_rate[1] * 1.5)
+    assert generous.rate == 1
+    between = encode_raster(raster, tmp_path / "b.magc", codec=tiny_lite, bpp=(per_rate[0] + per_rate[1]) / 2)
+    assert between.rate == 0 and between.bpp <= per_rate[1]
+
+
+def test_cancel_leaves_no_file(tmp_path: Path, tiny_lite) -> None:
+    from magc.errors import Cancelled
+
+    raster = write_geotiff(tmp_path / "in.tif", smooth_image(300, 300))
+    seen: list[float] = []
+    with pytest.raises(Cancelled):
+        encode_raster(raster, tmp_path / "x.magc", codec=tiny_lite, progress=lambda f, m: seen.append(f), cancel=lambda: len(seen) >= 3)
+    assert not (tmp_path / "x.magc").exists() and not list(tmp_path.glob(".*partial"))
+    encode_raster(raster, tmp_path / "x.magc", codec=tiny_lite)
+    seen.clear()
+    with pytest.raises(Cancelled):
+        decode_raster(tmp_path / "x.magc", tmp_path / "x.tif", codec=tiny_lite, progress=lambda f, m: seen.append(f), cancel=lambda: len(seen) >= 4)
+    assert not (tmp_path / "x.tif").exists() and not list(tmp_path.glob(".*partial"))
+    assert seen == sorted(seen) and all(0 <= f <= 1 for f in seen)
