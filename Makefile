@@ -42,5 +42,29 @@ eval: setup $(DATA)/index.json
 bench: setup
 	$(PY) -m magc.cli bench -o results/bench.json
 
+# -- QGIS plugin: zip for the plugin repository, install into the default profile, screenshots
+PLUGIN_VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
+PLUGIN_ZIP := dist/magc_qgis-$(PLUGIN_VERSION).zip
+QGIS_PLUGINS := $(HOME)/.local/share/QGIS/QGIS3/profiles/default/python/plugins
+
+package:
+	python3 magc_qgis/packaging.py --dist dist --stage build/plugin
+
+# Replaces an installed copy but keeps its deps/ (packages the dependency installer put there).
+install-plugin: package
+	mkdir -p $(QGIS_PLUGINS)
+	@if [ -d $(QGIS_PLUGINS)/magc_qgis/deps ]; then mv $(QGIS_PLUGINS)/magc_qgis/deps build/plugin-deps.keep; fi
+	rm -rf $(QGIS_PLUGINS)/magc_qgis
+	unzip -q -o $(PLUGIN_ZIP) -d $(QGIS_PLUGINS)
+	@if [ -d build/plugin-deps.keep ]; then mv build/plugin-deps.keep $(QGIS_PLUGINS)/magc_qgis/deps; fi
+	-QGIS_PLUGINPATH= XDG_RUNTIME_DIR=$$(mktemp -d) qgis_process.bin plugins enable magc_qgis >/dev/null
+	@echo "installed and enabled in $(QGIS_PLUGINS)/magc_qgis: restart QGIS"
+
+# Opens each dialog and the comparison on a real fixture layer under Xvfb; PNGs in docs/screenshots/.
+screenshots: setup
+	mkdir -p docs/screenshots
+	XDG_RUNTIME_DIR=$$(mktemp -d) MAGC_SCREENSHOTS=$(CURDIR)/docs/screenshots QT_QPA_PLATFORM=xcb \
+		xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q tests/test_plugin_screenshots.py
+
 clean:
 	rm -rf build dist results/tmp

@@ -54,8 +54,29 @@ def quick_check() -> list[str]:
     return [name for name in names if not _find(name)]
 
 
+def avoid_llvm_clash() -> bool:
+    """Keep torch from importing triton when another LLVM is already in the process.
+
+    On Linux, Mesa's OpenGL driver (loaded by QGIS's canvas) brings libLLVM into the global
+    symbol scope; triton's own LLVM then binds to it and QGIS crashes at ``import triton``,
+    which torch does whenever triton is installed (torch._dynamo, pulled in by compressai).
+    MAGC never uses triton (no torch.compile), so it is made unimportable for this process.
+    """
+    if not sys.platform.startswith("linux") or "triton" in sys.modules:
+        return False
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    if "libLLVM" not in maps:
+        return False
+    sys.modules["triton"] = None  # `import triton` raises ImportError; torch then runs without it
+    return True
+
+
 def full_check() -> list[Missing]:
     """Import every dependency for real, so a broken install (e.g. a CUDA DLL) is reported too."""
+    avoid_llvm_clash()
     missing = []
     for module, requirement, reason in REQUIREMENTS + [("magc", "magc (vendored in the plugin)", "the codec library")]:
         try:
@@ -114,8 +135,21 @@ def constraints_text() -> str:
         if version:
             lines.append(f"{name}=={version}")
     lines.append("numpy<2")
+    if not installed_version("shapely") and _qgis_geos() < (3, 12):
+        # QGIS links its GEOS into the process: shapely >= 2.1 then asks it for 4-D WKB,
+        # which GEOS < 3.12 refuses ("WKB output dimension must be 2 or 3")
+        lines.append("shapely<2.1")
     lines += [f"{name}==0.0.0.dev0+never" for name in FORBIDDEN]
     return "\n".join(lines) + "\n"
+
+
+def _qgis_geos() -> tuple[int, int]:
+    try:
+        from qgis.core import Qgis
+
+        return Qgis.geosVersionMajor(), Qgis.geosVersionMinor()
+    except Exception:  # outside QGIS: no constraint needed
+        return (99, 0)
 
 
 def constraints_file() -> Path:

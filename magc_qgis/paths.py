@@ -45,6 +45,6 @@ def setup_environment() -> None:
         sys.path.insert(0, str(EXT_DIR))
     if DEPS_DIR.is_dir() and str(DEPS_DIR) not in sys.path:
         sys.path.append(str(DEPS_DIR))
-    weights = embedded_weights_dir()
-    if weights.is_dir():
-        os.environ.setdefault("MAGC_WEIGHTS", str(weights))
+    packaged = PLUGIN_DIR / "resources" / "weights"  # in a checkout the library finds ../resources itself
+    if packaged.is_dir():
+        os.environ.setdefault("MAGC_WEIGHTS", str(packaged))

@@ -71,6 +71,7 @@ def mirrored_raster(scene: Path, layer: Path, size: int, folder: Path) -> tuple[
 
 
 def _mirrored_layer(layer: Path, gt: tuple, w: int, h: int, size: int, folder: Path) -> Path:
+    import shapely
     from shapely import affinity, wkb
 
     out = folder / f"mirror_{size}.gpkg"
@@ -92,7 +93,7 @@ def _mirrored_layer(layer: Path, gt: tuple, w: int, h: int, size: int, folder: P
                 shape = affinity.translate(shape, tx * px, -ty * px)
                 feature = ogr.Feature(dst.GetLayerDefn())
                 feature.SetField("class", name)
-                feature.SetGeometry(ogr.CreateGeometryFromWkb(shape.wkb))
+                feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(shape, output_dimension=2)))
                 dst.CreateFeature(feature)
     dst_ds.CommitTransaction()
     dst = dst_ds = src = src_ds = None

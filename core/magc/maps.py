@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from osgeo import gdal, ogr, osr
+import shapely
 from shapely import wkb as shapely_wkb
 from shapely.geometry.base import BaseGeometry
 
@@ -234,7 +235,9 @@ class VectorMap:
         for class_id, geometry in geometries:
             feature = ogr.Feature(layer.GetLayerDefn())
             feature.SetField("cls", class_id)
-            feature.SetGeometry(ogr.CreateGeometryFromWkb(geometry.wkb))
+            # 2-D WKB explicitly: inside QGIS, shapely may run on QGIS's older GEOS, which
+            # refuses the 4-D output shapely 2.2 asks for by default
+            feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(geometry, output_dimension=2)))
             layer.CreateFeature(feature)
         del layer
         self._cache = BlockCache()

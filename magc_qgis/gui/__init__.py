@@ -1,0 +1,1 @@
+"""Dialogs, tasks and the comparison tool of MAGC for QGIS."""
