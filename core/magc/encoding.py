@@ -114,17 +114,20 @@ def _stack(read: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return np.concatenate([planes, valid[None].astype(np.float32)])
 
 
-def choose_rate(tile_encoder: _TileEncoder, grid: TileGrid, target_bpp: float, embed_map: bool, samples: int = 8) -> int:
-    """The highest rate whose estimated bpp (on up to ``samples`` tiles) meets the target."""
+def choose_rate(tile_encoder: _TileEncoder, grid: TileGrid, target_bpp: float, embed_map: bool, header_bytes: int, samples: int = 8) -> int:
+    """The highest rate whose estimated whole-file bpp meets the target: the tile bytes are
+    measured on up to ``samples`` evenly spread tiles and scaled to the raster; the header
+    and 8 bytes of framing per tile are added."""
     tiles = list(grid.tiles())
     picks = [tiles[i] for i in np.linspace(0, len(tiles) - 1, min(samples, len(tiles))).round().astype(int)]
     analysed = [(t, tile_encoder.analyse(*t)) for t in dict.fromkeys(picks)]
-    pixels = sum(grid.core(*t).width * grid.core(*t).height for t, _ in analysed)
-    rates = len(tile_encoder.loaded.preset.rates)
+    sampled_pixels = sum(grid.core(*t).width * grid.core(*t).height for t, _ in analysed)
+    pixels = grid.width * grid.height
     chosen = 0
-    for rate in range(rates):
-        bits = sum(8 * (len(tile_encoder.record(a, rate, embed_map).encode()[1]) + 6) for _, a in analysed)
-        if bits / max(pixels, 1) <= target_bpp:
+    for rate in range(len(tile_encoder.loaded.preset.rates)):
+        payload = sum(len(tile_encoder.record(a, rate, embed_map).encode()[1]) for _, a in analysed)
+        total = payload * pixels / max(sampled_pixels, 1) + header_bytes + 8 * len(grid)
+        if 8 * total / pixels <= target_bpp:
             chosen = rate
     return chosen
 
@@ -162,7 +165,7 @@ def encode_raster(
         raise UsageError("give either a rate or a target bpp, not both")
     if bpp is not None:
         tick(progress, cancel, 0.0, "choosing the rate for the target bpp")
-        rate = choose_rate(tile_encoder, grid, bpp, embed_map)
+        rate = choose_rate(tile_encoder, grid, bpp, embed_map, len(_header(info, loaded, 0, grid, bytes(8), seed, embed_map).encode()) + 10)
     rate = loaded.preset.default_rate if rate is None else rate
     if not 0 <= rate < len(loaded.preset.rates):
         raise UsageError(f"rate {rate} does not exist; preset {loaded.preset.name} has rates 0..{len(loaded.preset.rates) - 1}")
