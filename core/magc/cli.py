@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run", default=None, help="run folder with checkpoints and logs (default runs/PRESET)")
     tr.add_argument("--stages", default="1,2")
     tr.add_argument("--export", help="write the trained weights here (safetensors)")
+    tr.add_argument("--steps", help="STAGE1,STAGE2 steps instead of the recipe's (e.g. for a quick trial)")
     tr.add_argument("--device", default="auto")
     tr.add_argument("--sd-weights", help="Stable Diffusion 2.1-base diffusers folder (for *-sd21 presets)")
 
@@ -197,11 +198,20 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .config import load_preset
     from .train.recipe import Recipe, export, train
 
     run = Path(args.run or f"runs/{args.preset}")
     stages = tuple(int(s) for s in args.stages.split(","))
-    codec = train(args.preset, Path(args.data), run, Recipe(), stages, device=args.device)
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    if load_preset(args.preset).autoencoder.kind == "sd-vae":  # the GPU recipe (accelerate)
+        from .train.sd_stages import SDRecipe, train_sd_preset
+
+        recipe = SDRecipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1], "warmup": min(steps)} if steps else {}))
+        codec = train_sd_preset(args.preset, Path(args.data), run, args.sd_weights, stages, recipe, device=args.device)
+    else:
+        recipe = Recipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1]} if steps else {}))
+        codec = train(args.preset, Path(args.data), run, recipe, stages, device=args.device)
     if args.export:
         export(codec, codec.preset, Path(args.export), source=" ".join(["magc"] + sys.argv[1:]), run_dir=run)
         print(f"weights written to {args.export}", file=sys.stderr)

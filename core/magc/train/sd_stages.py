@@ -175,3 +175,23 @@ def train_sd(codec: torch.nn.Module, sampler: CropSampler, run_dir: Path, recipe
                 (state_dir / "step.json").write_text(json.dumps({"step": step + 1}))
     if log is not None:
         log.close()
+
+
+def train_sd_preset(preset: str, data_dir: Path, run_dir: Path, sd_weights: str | None, stages: tuple[int, ...],
+                    recipe: SDRecipe | None = None, device: str = "auto") -> torch.nn.Module:
+    """``magc train --preset magc-sd21 --sd-weights DIR``: SD 2.1-base as the starting point
+    (conv_in widened, new channels zero), then the requested stages, resumable."""
+    from ..models.loading import load_codec
+    from .data import load_index, load_scene
+
+    recipe = recipe or SDRecipe()
+    loaded = load_codec(preset, device="cpu", allow_untrained=True, sd_weights=sd_weights)
+    codec = loaded.codec
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(json.dumps({"preset": preset, "recipe": recipe.__dict__, "start": loaded.source,
+                                                     "device": device}, indent=1))
+    scenes = [load_scene(data_dir, item) for item in load_index(data_dir, "train")]
+    sampler = CropSampler(scenes, recipe.crop, seed=recipe.seed)
+    for stage in stages:
+        train_sd(codec, sampler, run_dir, recipe, stage)
+    return codec
