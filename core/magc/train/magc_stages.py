@@ -68,6 +68,19 @@ def _split_params(codec: MagcCodec) -> tuple[list, list, list, list]:
     return main, gains, densities, aux
 
 
+def rate_distortion_step(loss: torch.Tensor, optimizers: dict, params: list, lcm: torch.nn.Module) -> float:
+    """Backward + clipped step of the main optimiser, then one step of the quantile (aux) loss."""
+    optimizers["main"].zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizers["main"].step()
+    aux_loss = lcm.aux_loss()
+    optimizers["aux"].zero_grad(set_to_none=True)
+    aux_loss.backward()
+    optimizers["aux"].step()
+    return float(aux_loss)
+
+
 def train_stage1(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int) -> None:
     codec.train()
     codec.denoiser.requires_grad_(False)
@@ -94,18 +107,11 @@ def train_stage1(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
         bpp = bits_per_pixel(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3])
         latent = F.mse_loss(out["z_tilde"], z0) / (z0.detach().var() + 1e-6)
         loss = lambdas[k] * (d_hat + GAMMA_LATENT * latent) + bpp + BETA_AE * d_ae
-        optimizers["main"].zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main + gains + densities, 1.0)
-        optimizers["main"].step()
-        aux_loss = codec.lcm.aux_loss()
-        optimizers["aux"].zero_grad(set_to_none=True)
-        aux_loss.backward()
-        optimizers["aux"].step()
+        aux_loss = rate_distortion_step(loss, optimizers, main + gains + densities, codec.lcm)
         return {
             "loss": float(loss), f"bpp_r{k}": float(bpp), f"msssim_r{k}": 1 - float(ms_hat),
             f"psnr_r{k}": float(-10 * torch.log10(mse_hat)), "psnr_ae": float(-10 * torch.log10(mse_ae)),
-            "latent": float(latent), "aux": float(aux_loss),
+            "latent": float(latent), "aux": aux_loss,
         }
 
     modules = {"autoencoder": codec.autoencoder, "lcm": codec.lcm}

@@ -21,7 +21,8 @@ from ..models.weights import load_state
 from ..sampling import make_schedule, sampling_timesteps
 from .data import CropSampler
 from .loop import LoopConfig, run_loop
-from .magc_stages import DENSITY_LR_FACTOR, GAIN_LR_FACTOR, GAMMA_LATENT, bits_per_pixel, diffusion_target, distortion
+from .magc_stages import (DENSITY_LR_FACTOR, GAIN_LR_FACTOR, GAMMA_LATENT, bits_per_pixel, diffusion_target, distortion,
+                          rate_distortion_step)
 
 DEFAULT_VAE = Path(__file__).resolve().parents[3] / "resources" / "weights" / "lite.safetensors"
 
@@ -58,16 +59,9 @@ def train_stage1(codec: SprdiffCodec, sampler: CropSampler, run_dir: Path, cfg: 
         bpp = bits_per_pixel(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3])
         latent = F.mse_loss(out["z_tilde"], z0) / (z0.detach().var() + 1e-6)
         loss = lambdas[k] * (d_hat + GAMMA_LATENT * latent) + bpp
-        optimizers["main"].zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main + gains + densities, 1.0)
-        optimizers["main"].step()
-        aux_loss = codec.lcm.aux_loss()
-        optimizers["aux"].zero_grad(set_to_none=True)
-        aux_loss.backward()
-        optimizers["aux"].step()
+        aux_loss = rate_distortion_step(loss, optimizers, main + gains + densities, codec.lcm)
         return {"loss": float(loss), f"bpp_r{k}": float(bpp), f"msssim_r{k}": 1 - float(ms_hat),
-                f"psnr_r{k}": float(-10 * torch.log10(mse_hat)), "latent": float(latent), "aux": float(aux_loss)}
+                f"psnr_r{k}": float(-10 * torch.log10(mse_hat)), "latent": float(latent), "aux": aux_loss}
 
     modules = {"autoencoder": codec.autoencoder, "distortion_encoder": codec.distortion_encoder, "fusion": codec.fusion, "lcm": codec.lcm}
     run_loop("stage1", run_dir, cfg, modules, optimizers, step,
