@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--rates", help="comma-separated rate indexes (default: all)")
     ev.add_argument("--segmentation", help="segmentation model weights (default: resources/weights/segmentation.safetensors)")
     ev.add_argument("--limit", type=int, help="evaluate only the first N images")
+    ev.add_argument("--baselines", default="jp2,webp,jpeg", help="GDAL baselines to run beside the codec (comma-separated, or 'none')")
     ev.add_argument("--update-manifest", action="store_true", help="record the measured bpp per rate in the weights' manifest")
     _add_model_options(ev)
 
@@ -233,8 +234,13 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluation import run_evaluation
 
     rates = [int(r) for r in args.rates.split(",")] if args.rates else None
+    baselines = tuple(b for b in args.baselines.split(",") if b and b != "none")
+    unknown = set(baselines) - {"jp2", "webp", "jpeg"}
+    if unknown:
+        raise MagcError(f"unknown baseline(s) {', '.join(sorted(unknown))}: choose from jp2, webp, jpeg or none")
     table = run_evaluation(Path(args.data), args.split, Path(args.output), args.preset, rates=rates, device=args.device,
-                           weights=args.weights, segmentation=args.segmentation, limit=args.limit, quiet=args.quiet)
+                           weights=args.weights, segmentation=args.segmentation, limit=args.limit, quiet=args.quiet,
+                           baselines=baselines)
     if args.update_manifest:
         from .config import load_preset
         from .models.loading import find_weights
