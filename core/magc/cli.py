@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run", default=None, help="run folder with checkpoints and logs (default runs/PRESET)")
     tr.add_argument("--stages", default="1,2")
     tr.add_argument("--export", help="write the trained weights here (safetensors)")
+    tr.add_argument("--vae-weights", help="SPRDiff presets: trained lite weights whose autoencoder is the frozen VAE "
+                                           "(default resources/weights/lite.safetensors)")
     tr.add_argument("--steps", help="STAGE1,STAGE2 steps instead of the recipe's (e.g. for a quick trial)")
     tr.add_argument("--device", default="auto")
     tr.add_argument("--sd-weights", help="Stable Diffusion 2.1-base diffusers folder (for *-sd21 presets)")
@@ -211,7 +213,8 @@ def _train(args: argparse.Namespace) -> int:
         recipe = SDRecipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1], "warmup": min(steps)} if steps else {}))
         codec = train_sd_preset(args.preset, Path(args.data), run, args.sd_weights, stages, recipe, device=args.device)
     else:
-        recipe = Recipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1]} if steps else {}))
+        overrides = {"stage1_steps": steps[0], "stage2_steps": steps[1]} if steps else {}
+        recipe = Recipe(**overrides, **({"vae_weights": args.vae_weights} if args.vae_weights else {}))
         codec = train(args.preset, Path(args.data), run, recipe, stages, device=args.device)
     if args.export:
         export(codec, codec.preset, Path(args.export), source=" ".join(["magc"] + sys.argv[1:]), run_dir=run)
@@ -268,7 +271,8 @@ def _train_segmentation(args: argparse.Namespace) -> int:
     net = train_segmentation(Path(args.data), Path(args.run), steps=args.steps)
     scores = evaluate_on_labels(net, Path(args.data), "val")
     manifest = {"command": " ".join(["magc"] + sys.argv[1:]), "data": "dubai-aerial tiles 1-5 (train); mIoU on tiles 6-7",
-                "steps": args.steps, "val_miou_on_originals": scores["miou"], "classes": "background, building, road, water, vegetation"}
+                "steps": args.steps, "device": "cpu", "val_miou_on_originals": scores["miou"],
+                "classes": "background, building, road, water, vegetation"}
     save_segmenter(net, Path(args.export), manifest)
     print(json.dumps(manifest, indent=1))
     return 0

@@ -146,6 +146,9 @@ def save_segmenter(net: SegmentationNet, path: Path, manifest: dict) -> None:
     from .config import PresetConfig
     from .models.weights import save_weights
 
+    import hashlib
+
     save_weights(net, PresetConfig(name="segmentation", description="land-cover segmentation (EfficientNet-Lite0 + FPN)"),
                  path, trained=True, source=manifest.get("command", ""), manifest=manifest)
-    path.with_suffix(".manifest.json").write_text(json.dumps(manifest, indent=1))
+    checksum = {"weights": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+    path.with_suffix(".manifest.json").write_text(json.dumps({**manifest, **checksum}, indent=1))
