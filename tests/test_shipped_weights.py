@@ -38,7 +38,7 @@ def test_manifest_matches_the_file(lite) -> None:
     manifest = json.loads(MANIFEST.read_text())
     assert manifest["sha256"] == hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
     assert manifest["preset"] == "lite" and lite.trained
-    assert WEIGHTS.stat().st_size < 12 * 2**20  # a few MB
+    assert WEIGHTS.stat().st_size < 16 * 2**20  # a few MB: it ships inside the plugin zip (< 25 MB with the segmenter)
     rates = manifest["bpp_per_rate"]
     assert len(rates) >= 4 and min(rates.values()) <= 0.03 and all(0.01 <= v <= 0.10 for v in rates.values())
 

@@ -111,6 +111,15 @@ def _record(acc: Accumulator, original: Path, reconstruction: Path, nbytes: int,
     acc.features.append(embedder(_patches(reconstruction)))
 
 
+def _map_layers(layer: Path) -> list[str]:
+    """A scene labelled all background has a layer without features; users would get an error
+    for an empty layer, but here it is a true map: no layers, i.e. every pixel background."""
+    from osgeo import ogr
+
+    source = ogr.Open(str(layer))
+    return [str(layer)] if source is not None and source.GetLayer(0).GetFeatureCount() > 0 else []
+
+
 def _as_geotiff(path: Path, target: Path) -> Path:
     gdal.Translate(str(target), str(path), format="GTiff")
     return target
@@ -135,7 +144,7 @@ def run_evaluation(
         tmp = Path(tmp_name)
         for item in tqdm(items, desc=f"eval {preset}", disable=quiet):
             original = data_dir / item["image"]
-            maps = [str(data_dir / item["map"])]
+            maps = _map_layers(data_dir / item["map"])
             labels = gdal.Open(str(data_dir / item["labels"])).ReadAsArray()
             reference_features.append(embedder(_patches(original)))
             if segmenter is not None:

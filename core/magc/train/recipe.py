@@ -48,13 +48,14 @@ def _stage_done(ckpt: Path, steps: int) -> bool:
 
 
 def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stages: tuple[int, ...] = (1, 2), device: str = "cpu") -> MagcCodec:
-    """Run the requested stages (resuming), leaving checkpoints in ``run_dir``."""
+    """Run the requested stages (resuming), leaving checkpoints in ``run_dir``; on the CPU, which
+    these lite-size networks are sized for (the SD-size presets train through ``sd_stages``)."""
     torch.manual_seed(recipe.seed)
     preset = load_preset(preset_name)
     codec = build_codec(preset)
     scenes = [load_scene(data_dir, item) for item in load_index(data_dir, "train")]
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps({"preset": preset_name, "recipe": recipe.__dict__, "device": device, "argv": sys.argv}, indent=1))
+    (run_dir / "recipe.json").write_text(json.dumps({"preset": preset_name, "recipe": recipe.__dict__, "device": "cpu", "argv": sys.argv}, indent=1))
     if preset.method == "sprdiff":
         from .sprdiff_stages import load_vae, train_stage1 as stage1_fn, train_stage2 as stage2_fn
 
