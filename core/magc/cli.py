@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--vae-weights", help="SPRDiff presets: trained lite weights whose autoencoder is the frozen VAE "
                                            "(default resources/weights/lite.safetensors)")
     tr.add_argument("--steps", help="STAGE1,STAGE2 steps instead of the recipe's (e.g. for a quick trial)")
-    tr.add_argument("--device", default="auto")
+    tr.add_argument("--device", default="auto", help="device of the SD-size recipe (the lite-size presets train on the CPU)")
     tr.add_argument("--sd-weights", help="Stable Diffusion 2.1-base diffusers folder (for *-sd21 presets)")
 
     prep = sub.add_parser("prepare-data", help="turn ../shared/data/dubai-aerial into GeoTIFFs + GeoPackage maps + labels")
@@ -183,7 +183,7 @@ def _roundtrip(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     from .config import available_presets, load_preset
     from .models.loading import find_weights
-    from .train.recipe import manifest_path
+    from .models.weights import manifest_path
 
     rows = []
     for name in available_presets():
@@ -215,7 +215,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         overrides = {"stage1_steps": steps[0], "stage2_steps": steps[1]} if steps else {}
         recipe = Recipe(**overrides, **({"vae_weights": args.vae_weights} if args.vae_weights else {}))
-        codec = train(args.preset, Path(args.data), run, recipe, stages, device=args.device)
+        codec = train(args.preset, Path(args.data), run, recipe, stages)
     if args.export:
         export(codec, codec.preset, Path(args.export), source=" ".join(["magc"] + sys.argv[1:]), run_dir=run)
         print(f"weights written to {args.export}", file=sys.stderr)
@@ -234,20 +234,21 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from .baselines import CODECS
     from .evaluation import run_evaluation
 
     rates = [int(r) for r in args.rates.split(",")] if args.rates else None
     baselines = tuple(b for b in args.baselines.split(",") if b and b != "none")
-    unknown = set(baselines) - {"jp2", "webp", "jpeg"}
+    unknown = set(baselines) - set(CODECS)
     if unknown:
-        raise MagcError(f"unknown baseline(s) {', '.join(sorted(unknown))}: choose from jp2, webp, jpeg or none")
+        raise MagcError(f"unknown baseline(s) {', '.join(sorted(unknown))}: choose from {', '.join(CODECS)} or none")
     table = run_evaluation(Path(args.data), args.split, Path(args.output), args.preset, rates=rates, device=args.device,
                            weights=args.weights, segmentation=args.segmentation, limit=args.limit, quiet=args.quiet,
                            baselines=baselines)
     if args.update_manifest:
         from .config import load_preset
         from .models.loading import find_weights
-        from .train.recipe import manifest_path
+        from .models.weights import manifest_path
 
         weights = find_weights(load_preset(args.preset), args.weights)
         manifest = json.loads(manifest_path(weights).read_text())

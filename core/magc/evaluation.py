@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from osgeo import gdal
+from osgeo import gdal, ogr
 from tqdm import tqdm
 
 from .api import decode_raster, encode_raster
@@ -114,8 +114,6 @@ def _record(acc: Accumulator, original: Path, reconstruction: Path, nbytes: int,
 def _map_layers(layer: Path) -> list[str]:
     """A scene labelled all background has a layer without features; users would get an error
     for an empty layer, but here it is a true map: no layers, i.e. every pixel background."""
-    from osgeo import ogr
-
     source = ogr.Open(str(layer))
     return [str(layer)] if source is not None and source.GetLayer(0).GetFeatureCount() > 0 else []
 

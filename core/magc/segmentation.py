@@ -8,7 +8,6 @@ much land-cover information survived compression. Classes are ``maps.CLASS_SCHEM
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -144,11 +143,8 @@ def evaluate_on_labels(net: SegmentationNet, data_dir: Path, split: str = "val")
 
 def save_segmenter(net: SegmentationNet, path: Path, manifest: dict) -> None:
     from .config import PresetConfig
-    from .models.weights import save_weights
-
-    import hashlib
+    from .models.weights import save_weights, write_manifest
 
     save_weights(net, PresetConfig(name="segmentation", description="land-cover segmentation (EfficientNet-Lite0 + FPN)"),
                  path, trained=True, source=manifest.get("command", ""), manifest=manifest)
-    checksum = {"weights": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
-    path.with_suffix(".manifest.json").write_text(json.dumps({**manifest, **checksum}, indent=1))
+    write_manifest(path, manifest)

@@ -96,6 +96,19 @@ def save_weights(
     os.replace(tmp, path)
 
 
+def manifest_path(weights: Path) -> Path:
+    return weights.with_name(weights.name.replace(".safetensors", ".manifest.json"))
+
+
+def write_manifest(weights: Path, manifest: dict[str, Any]) -> Path:
+    """``NAME.manifest.json`` beside shipped weights, with the file's sha256 and size so that a
+    copy (the plugin's download, a user's checkout) can be checked against it."""
+    checksum = {"weights": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "bytes": weights.stat().st_size}
+    path = manifest_path(weights)
+    path.write_text(json.dumps({**checksum, **manifest}, indent=1))
+    return path
+
+
 def state_hash(module: nn.Module) -> bytes:
     """8-byte identity of the weights (sorted names, dtypes, shapes and bytes).
 

@@ -17,7 +17,7 @@ import torch
 from ..config import PresetConfig, load_preset
 from ..models.codec import MagcCodec
 from ..models.loading import build_codec
-from ..models.weights import save_weights
+from ..models.weights import save_weights, write_manifest
 from .data import CropSampler, load_index, load_scene
 from .loop import LoopConfig
 
@@ -47,7 +47,7 @@ def _stage_done(ckpt: Path, steps: int) -> bool:
     return ckpt.exists() and int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) >= steps
 
 
-def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stages: tuple[int, ...] = (1, 2), device: str = "cpu") -> MagcCodec:
+def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stages: tuple[int, ...] = (1, 2)) -> MagcCodec:
     """Run the requested stages (resuming), leaving checkpoints in ``run_dir``; on the CPU, which
     these lite-size networks are sized for (the SD-size presets train through ``sd_stages``)."""
     torch.manual_seed(recipe.seed)
@@ -75,16 +75,10 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
     return codec
 
 
-def manifest_path(weights: Path) -> Path:
-    return weights.with_name(weights.name.replace(".safetensors", ".manifest.json"))
-
-
 def export(codec: torch.nn.Module, preset: PresetConfig, path: Path, source: str, run_dir: Path | None = None) -> Path:
     """Freeze the entropy tables, write the self-describing safetensors file and its manifest
     (preset, command, data, steps per stage, device, sha256; measured bpp per rate is added
     by ``magc eval --update-manifest``)."""
-    import hashlib
-
     codec.eval()
     for eb in codec.lcm.entropy_bottlenecks:
         eb.update(force=True, update_quantiles=True)  # exact tails, whatever the aux loss reached
@@ -93,9 +87,7 @@ def export(codec: torch.nn.Module, preset: PresetConfig, path: Path, source: str
     training = {"command": source, "data": "dubai-aerial tiles 1-5 (training); tiles 6-7 held out for evaluation",
                 "recipe": recipe.get("recipe"), "device": recipe.get("device", "cpu")}
     save_weights(codec, preset, path, trained=True, source=source, manifest=training)
-    manifest = {"preset": preset.name, "weights": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                "bytes": path.stat().st_size, **training, "bpp_per_rate": None}
-    manifest_path(path).write_text(json.dumps(manifest, indent=1))
+    write_manifest(path, {"preset": preset.name, **training, "bpp_per_rate": None})
     return path
 
 
