@@ -142,3 +142,36 @@ def _wkt(epsg: int) -> str:
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(epsg)
     return srs.ExportToWkt()
+
+
+def test_clipped_blocks_equal_one_rasterisation_of_the_whole_map(tmp_path: Path) -> None:
+    """Each block burns only the geometries clipped to it; the pixels must be those of burning
+    every geometry at once (checked on a real land-cover map that many block borders cross)."""
+    from magc.train.data import prepare_image
+
+    from conftest import SHARED_DATA, need
+
+    source = need(SHARED_DATA / "dubai-aerial" / "tile6")
+    item = prepare_image(source / "images" / "image_part_003.jpg", source / "masks" / "image_part_003.png", tmp_path, "t6p3", (600_000.0, 2_800_000.0))
+    grid = grid_of(tmp_path / item["image"])
+    vmap = VectorMap([MapLayerSpec(str(tmp_path / item["map"]))], grid)
+    assert len(vmap._shapes) >= 5
+
+    memory = ogr.GetDriverByName("Memory").CreateDataSource("reference")
+    layer = memory.CreateLayer("all", srs=vmap._srs, geom_type=ogr.wkbMultiPolygon)
+    layer.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger))
+    for class_id, shape in zip(vmap._classes, vmap._shapes):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetField("cls", class_id)
+        feature.SetGeometry(ogr.CreateGeometryFromWkb(shape.wkb))
+        layer.CreateFeature(feature)
+    target = gdal.GetDriverByName("MEM").Create("", grid.width, grid.height, 1, gdal.GDT_Byte)
+    target.SetGeoTransform(grid.geotransform)
+    target.SetProjection(grid.crs_wkt)
+    gdal.RasterizeLayer(target, [1], layer, options=["ATTRIBUTE=cls"])
+    reference = target.GetRasterBand(1).ReadAsArray()
+    del layer, memory
+
+    classes = vmap.read(0, 0, grid.width, grid.height)
+    assert len(np.unique(reference)) >= 3
+    assert np.array_equal(classes, reference)

@@ -78,6 +78,9 @@ OSM_KEY_CLASSES: dict[str, str] = {"building": "building", "highway": "road", "w
 OSM_TAG_FIELDS = ("fclass", "building", "highway", "waterway", "natural", "landuse", "leisure", "water", "type")
 
 BLOCK = 256  # maps are rasterised in fixed global blocks so every window sees the same pixels
+# A block burns only the geometries that reach it, clipped to it plus a margin (so no pixel
+# centre inside moves): rasterising costs the features near a block, not the whole map's.
+CLIP_MARGIN_PX = 2
 
 
 class BlockCache:
@@ -182,6 +185,10 @@ class Grid:
         g = self.geotransform
         return (g[0] + x0 * g[1] + y0 * g[2], g[1], g[2], g[3] + x0 * g[4] + y0 * g[5], g[4], g[5])
 
+    def pixel_to_geo(self, px: float, py: float) -> tuple[float, float]:
+        g = self.geotransform
+        return g[0] + px * g[1] + py * g[2], g[3] + px * g[4] + py * g[5]
+
     def metres_per_unit(self) -> float:
         if not self.crs_wkt:
             return 1.0
@@ -215,8 +222,23 @@ def _open_layer(spec: MapLayerSpec) -> tuple[ogr.DataSource, ogr.Layer]:
     return source, layer
 
 
+def feature_count(spec: MapLayerSpec) -> int:
+    """How many features a map layer holds, with the same errors as reading it for a map."""
+    source, layer = _open_layer(spec)
+    count = layer.GetFeatureCount()
+    del layer, source  # the layer before its data source, as GDAL requires
+    return count
+
+
 class VectorMap:
-    """Vector layers reprojected, classified and buffered once, rasterised per block on demand."""
+    """Vector layers reprojected, classified and buffered once, rasterised per block on demand.
+
+    The geometries stay in a spatial index; each block burns an OGR memory layer of only the
+    geometries that reach it, clipped to it, so that a map of any size is rasterised in time
+    proportional to its area. (Burning every feature into every block made the map take most
+    of an encode: 20 s for a 5000 px map where clipping takes 1.3 s, and GDAL's polygon
+    filling costs edges x scanlines, so even a 2048 px bucket was 15 x slower than a block.)
+    """
 
     kind = "classes"
 
@@ -225,22 +247,36 @@ class VectorMap:
         self.specs = specs
         self.feature_counts: dict[str, int] = {}
         geometries = [item for spec in specs for item in self._load(spec)]
-        geometries.sort(key=lambda item: BURN_ORDER.index(CLASS_SCHEMA[item[0]]))
-        # Only the data source is kept: its layer is fetched when needed, so no layer object
-        # can outlive it (a GDAL segfault at garbage collection otherwise).
-        self._memory = ogr.GetDriverByName("Memory").CreateDataSource("magc_map")
-        srs = _srs(grid.crs_wkt) if grid.crs_wkt else None
-        layer = self._memory.CreateLayer("classes", srs=srs, geom_type=ogr.wkbMultiPolygon)
+        geometries.sort(key=lambda item: BURN_ORDER.index(CLASS_SCHEMA[item[0]]))  # later burns win
+        self._classes = [class_id for class_id, _ in geometries]
+        self._shapes = [shape for _, shape in geometries]
+        self._tree = shapely.STRtree(self._shapes)
+        self._srs = _srs(grid.crs_wkt) if grid.crs_wkt else None
+        self._cache = BlockCache()
+
+    def _clipped(self, by: int, bx: int) -> ogr.DataSource:
+        """A memory data source of the geometries clipped to one block (plus the margin). Its
+        layer is fetched and released by the caller, so no layer object can outlive it (a GDAL
+        segfault at garbage collection otherwise)."""
+        size, margin = BLOCK, CLIP_MARGIN_PX
+        corners = [(bx * size + dx, by * size + dy) for dx in (-margin, size + margin) for dy in (-margin, size + margin)]
+        xs, ys = zip(*(self.grid.pixel_to_geo(px, py) for px, py in corners))
+        bounds = (min(xs), min(ys), max(xs), max(ys))
+        source = ogr.GetDriverByName("Memory").CreateDataSource("magc_map")
+        layer = source.CreateLayer("classes", srs=self._srs, geom_type=ogr.wkbMultiPolygon)
         layer.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger))
-        for class_id, geometry in geometries:
+        for index in sorted(self._tree.query(shapely.box(*bounds))):  # sorted: the burn order
+            part = shapely.clip_by_rect(self._shapes[index], *bounds)
+            if part.is_empty:
+                continue
             feature = ogr.Feature(layer.GetLayerDefn())
-            feature.SetField("cls", class_id)
+            feature.SetField("cls", self._classes[index])
             # 2-D WKB explicitly: inside QGIS, shapely may run on QGIS's older GEOS, which
             # refuses the 4-D output shapely 2.2 asks for by default
-            feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(geometry, output_dimension=2)))
+            feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(part, output_dimension=2)))
             layer.CreateFeature(feature)
         del layer
-        self._cache = BlockCache()
+        return source
 
     def _load(self, spec: MapLayerSpec) -> list[tuple[int, BaseGeometry]]:
         source, layer = _open_layer(spec)
@@ -329,7 +365,10 @@ class VectorMap:
         target.SetGeoTransform(self.grid.window_geotransform(x0, y0))
         if self.grid.crs_wkt:
             target.SetProjection(self.grid.crs_wkt)
-        gdal.RasterizeLayer(target, [1], self._memory.GetLayer(0), options=["ATTRIBUTE=cls"])
+        clipped = self._clipped(by, bx)
+        layer = clipped.GetLayer(0)
+        gdal.RasterizeLayer(target, [1], layer, options=["ATTRIBUTE=cls"])
+        del layer, clipped
         return target.GetRasterBand(1).ReadAsArray()
 
     def read(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
