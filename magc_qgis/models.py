@@ -5,10 +5,8 @@ QGIS start-up.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import settings
 from .weights_download import read_manifest
@@ -28,18 +26,6 @@ class ModelStatus:
     bpp_per_rate: dict[int, float] | None = None  # measured, from the weights' manifest
 
 
-def measured_bpp(weights: str | None) -> dict[int, float] | None:
-    """``bpp_per_rate`` of ``NAME.manifest.json`` beside the weights (written by ``magc eval``)."""
-    if not weights:
-        return None
-    manifest = Path(weights).with_name(Path(weights).name.replace(".safetensors", ".manifest.json"))
-    try:
-        rates = json.loads(manifest.read_text()).get("bpp_per_rate") or {}
-        return {int(rate): float(bpp) for rate, bpp in rates.items()} or None
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-
-
 def _explicit() -> str | None:
     folder = settings.weights_folder()
     return folder if folder and os.path.exists(folder) else None
@@ -48,7 +34,7 @@ def _explicit() -> str | None:
 def model_status(name: str) -> ModelStatus:
     from magc.config import load_preset
     from magc.models.loading import find_weights, user_weights_dir, weights_search_path
-    from magc.models.weights import read_metadata
+    from magc.models.weights import measured_bpp, read_metadata
 
     preset = load_preset(name)
     path = find_weights(preset, _explicit())
@@ -66,7 +52,7 @@ def model_status(name: str) -> ModelStatus:
             text += "; download it with the button" if downloadable else f"; {manifest[name].note or 'no download yet'}"
             text += f" (goes to {user_weights_dir()})" if downloadable else ""
     return ModelStatus(name, trained, str(path) if path else None, text, preset.needs_sd_weights, len(preset.rates),
-                       preset.default_rate, preset.description, downloadable, measured_bpp(str(path) if path else None))
+                       preset.default_rate, preset.description, downloadable, measured_bpp(path))
 
 
 def device_labels() -> list[tuple[str, str]]:

@@ -183,18 +183,16 @@ def _roundtrip(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     from .config import available_presets, load_preset
     from .models.loading import find_weights
-    from .models.weights import manifest_path
+    from .models.weights import measured_bpp
 
     rows = []
     for name in available_presets():
         preset = load_preset(name)
         path = find_weights(preset)
-        manifest_file = manifest_path(path) if path else None
-        manifest = json.loads(manifest_file.read_text()) if manifest_file and manifest_file.exists() else {}
         rows.append({
             "preset": name, "rates": len(preset.rates), "default_rate": preset.default_rate,
             "map": preset.map.kind, "weights": str(path) if path else None,
-            "measured_bpp": manifest.get("bpp_per_rate"), "description": preset.description,
+            "measured_bpp": measured_bpp(path), "description": preset.description,
         })
     print(json.dumps(rows, indent=1))
     return 0

@@ -11,8 +11,8 @@ their lowest settings. Measured in one run on one machine:
   originals and of the reconstructions (FID-style; comparable within this table only);
 * mIoU of the project's segmentation model applied to the reconstruction, against the
   ground-truth labels (and the same model on the originals as the reference);
-* LPIPS, DISTS, FID: reported only where their pretrained weights are on the machine,
-  otherwise "unavailable".
+* LPIPS, DISTS, FID (``perceptual``): computed on the same patches only where their pretrained
+  backbones are already on the machine, otherwise "unavailable: <why>".
 """
 from __future__ import annotations
 
@@ -24,14 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from osgeo import gdal, ogr
+from osgeo import gdal
 from tqdm import tqdm
 
 from .api import decode_raster, encode_raster
 from .baselines import encode_baseline
+from .maps import MapLayerSpec, feature_count
 from .metrics import compare_rasters, confusion_matrix, miou_from_confusion, psnr
 from .models.loading import load_codec
 from .perception import FeatureEmbedder, frechet_distance
+from .perceptual import PerceptualMetrics
 from .raster import RasterReader
 from .segmentation import NUM_CLASSES, load_segmenter, segment_raster
 from .train.data import load_index
@@ -53,6 +55,9 @@ class Accumulator:
     msssim_sum: float = 0.0
     confusion: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     features: list = field(default_factory=list)
+    inception: list = field(default_factory=list)
+    perceptual_sums: dict = field(default_factory=dict)
+    patches: int = 0
     encode_seconds: float = 0.0
     decode_seconds: float = 0.0
     unreached: int = 0
@@ -65,8 +70,20 @@ class Accumulator:
         self.msssim_sum += quality["ms_ssim"] * pixels
         self.msssim_area += pixels
 
-    def row(self, reference: np.ndarray | None, extra: dict) -> dict:
-        fd = frechet_distance(reference, np.concatenate(self.features)) if reference is not None and self.features else None
+    def add_patches(self, patches: np.ndarray, scorers: "Scorers", original: np.ndarray | None = None) -> None:
+        self.features.append(scorers.embedder(patches))
+        inception = scorers.perceptual.inception_features(patches)
+        if inception is not None:
+            self.inception.append(inception)
+        if original is not None:
+            for metric, total in scorers.perceptual.paired_sums(original, patches).items():
+                self.perceptual_sums[metric] = self.perceptual_sums.get(metric, 0.0) + total
+        self.patches += len(patches)
+
+    def row(self, reference: "Accumulator", perceptual: PerceptualMetrics) -> dict:
+        fd = frechet_distance(np.concatenate(reference.features), np.concatenate(self.features)) if reference.features and self.features else None
+        stack = lambda parts: np.concatenate(parts) if parts else None  # noqa: E731
+        extra = perceptual.values(self.perceptual_sums, self.patches, stack(reference.inception), stack(self.inception))
         return {
             "method": self.method, "rate": self.rate, "bpp": 8 * self.bytes / self.pixels if self.pixels else None,
             "psnr": psnr(self.sq_err / self.values) if self.values else None,
@@ -87,35 +104,29 @@ def _patches(path: Path, valid_fraction: float = 1.0) -> np.ndarray:
     return grid.reshape(-1, 3, PATCH, PATCH)
 
 
-def optional_metrics() -> dict[str, str]:
-    """LPIPS / DISTS / FID need weights downloaded at run time; say which are missing."""
-    status = {}
-    try:
-        import lpips  # noqa: F401
+@dataclass
+class Scorers:
+    """The networks that score reconstructions, loaded once per evaluation."""
 
-        lpips.LPIPS(net="alex", verbose=False)
-        status["lpips"] = "available"
-    except Exception:
-        status["lpips"] = "unavailable"
-    for name in ("dists", "fid"):
-        status[name] = "unavailable"
-    return status
+    embedder: FeatureEmbedder
+    perceptual: PerceptualMetrics
+    segmenter: object | None
 
 
-def _record(acc: Accumulator, original: Path, reconstruction: Path, nbytes: int, labels: np.ndarray, segmenter, embedder) -> None:
+def _record(acc: Accumulator, original: Path, reconstruction: Path, nbytes: int, labels: np.ndarray,
+            scorers: Scorers, original_patches: np.ndarray) -> None:
     info = RasterReader(original).info
     quality = compare_rasters(original, reconstruction)
     acc.add(nbytes, quality, info.width * info.height, min(info.bands, 3))
-    if segmenter is not None:
-        acc.confusion += confusion_matrix(segment_raster(segmenter, reconstruction), labels, NUM_CLASSES)
-    acc.features.append(embedder(_patches(reconstruction)))
+    if scorers.segmenter is not None:
+        acc.confusion += confusion_matrix(segment_raster(scorers.segmenter, reconstruction), labels, NUM_CLASSES)
+    acc.add_patches(_patches(reconstruction), scorers, original_patches)
 
 
 def _map_layers(layer: Path) -> list[str]:
     """A scene labelled all background has a layer without features; users would get an error
     for an empty layer, but here it is a true map: no layers, i.e. every pixel background."""
-    source = ogr.Open(str(layer))
-    return [str(layer)] if source is not None and source.GetLayer(0).GetFeatureCount() > 0 else []
+    return [str(layer)] if feature_count(MapLayerSpec(str(layer))) > 0 else []
 
 
 def _as_geotiff(path: Path, target: Path) -> Path:
@@ -131,12 +142,10 @@ def run_evaluation(
     items = load_index(data_dir, split)[:limit]
     loaded = load_codec(preset, weights, device)
     rates = list(range(len(loaded.preset.rates))) if rates is None else rates
-    segmenter = load_segmenter(segmentation)
-    embedder = FeatureEmbedder()
+    scorers = Scorers(FeatureEmbedder(), PerceptualMetrics(), load_segmenter(segmentation))
     out_dir.mkdir(parents=True, exist_ok=True)
     accs: dict[tuple[str, str], Accumulator] = {}
     reference = Accumulator("original", "-")
-    reference_features = []
     get = lambda method, rate: accs.setdefault((method, rate), Accumulator(method, rate))  # noqa: E731
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp_name:
         tmp = Path(tmp_name)
@@ -144,9 +153,10 @@ def run_evaluation(
             original = data_dir / item["image"]
             maps = _map_layers(data_dir / item["map"])
             labels = gdal.Open(str(data_dir / item["labels"])).ReadAsArray()
-            reference_features.append(embedder(_patches(original)))
-            if segmenter is not None:
-                reference.confusion += confusion_matrix(segment_raster(segmenter, original), labels, NUM_CLASSES)
+            original_patches = _patches(original)
+            reference.add_patches(original_patches, scorers)
+            if scorers.segmenter is not None:
+                reference.confusion += confusion_matrix(segment_raster(scorers.segmenter, original), labels, NUM_CLASSES)
             codec_bpps = []
             for rate in rates:
                 coded, decoded = tmp / f"{item['name']}_{rate}.magc", tmp / f"{item['name']}_{rate}.tif"
@@ -157,22 +167,20 @@ def run_evaluation(
                 acc = get(preset, str(rate))
                 acc.encode_seconds += report.seconds
                 acc.decode_seconds += time.perf_counter() - start
-                _record(acc, original, decoded, report.file_bytes, labels, segmenter, embedder)
+                _record(acc, original, decoded, report.file_bytes, labels, scorers, original_patches)
                 if "jp2" in baselines:
                     result = encode_baseline(original, tmp / f"{item['name']}_{rate}.jp2", "jp2", report.bpp)
                     jp2 = get("jpeg2000", str(rate))
                     jp2.encode_seconds += result.encode_seconds
-                    _record(jp2, original, _as_geotiff(Path(result.path), tmp / f"{item['name']}_{rate}.jp2.tif"), result.bytes, labels, segmenter, embedder)
+                    _record(jp2, original, _as_geotiff(Path(result.path), tmp / f"{item['name']}_{rate}.jp2.tif"), result.bytes, labels, scorers, original_patches)
             for codec in [b for b in baselines if b != "jp2"]:
                 # target: the codec's highest rate on this image; above it the baseline "cannot reach"
                 result = encode_baseline(original, tmp / f"{item['name']}.{codec}", codec, max(codec_bpps))
                 acc = get(codec, "lowest")
                 acc.encode_seconds += result.encode_seconds
                 acc.unreached += 0 if result.reached else 1
-                _record(acc, original, _as_geotiff(Path(result.path), tmp / f"{item['name']}.{codec}.tif"), result.bytes, labels, segmenter, embedder)
-    reference_all = np.concatenate(reference_features)
-    extra = optional_metrics()
-    rows = [acc.row(reference_all, {k: v for k, v in extra.items()}) for acc in accs.values()]
+                _record(acc, original, _as_geotiff(Path(result.path), tmp / f"{item['name']}.{codec}.tif"), result.bytes, labels, scorers, original_patches)
+    rows = [acc.row(reference, scorers.perceptual) for acc in accs.values()]
     summary = {
         "preset": preset, "split": split, "images": len(items),
         "segmentation_miou_on_originals": miou_from_confusion(reference.confusion) if reference.confusion.sum() else "unavailable",

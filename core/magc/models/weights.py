@@ -100,6 +100,18 @@ def manifest_path(weights: Path) -> Path:
     return weights.with_name(weights.name.replace(".safetensors", ".manifest.json"))
 
 
+def measured_bpp(weights: Path | None) -> dict[int, float] | None:
+    """``bpp_per_rate`` of the manifest beside the weights (written by ``magc eval
+    --update-manifest``); None where there is no manifest or nothing was measured."""
+    if weights is None:
+        return None
+    try:
+        rates = json.loads(manifest_path(Path(weights)).read_text()).get("bpp_per_rate") or {}
+        return {int(rate): float(bpp) for rate, bpp in rates.items()} or None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def write_manifest(weights: Path, manifest: dict[str, Any]) -> Path:
     """``NAME.manifest.json`` beside shipped weights, with the file's sha256 and size so that a
     copy (the plugin's download, a user's checkout) can be checked against it."""
