@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -316,9 +317,24 @@ def quiet_library_warnings() -> None:
     gdal.PushErrorHandler("CPLQuietErrorHandler")  # GDAL errors still raise; its warnings stay quiet
 
 
+GDAL_CACHE_BYTES = 64 * 2**20
+
+
+def bound_gdal_cache() -> None:
+    """GDAL's default block cache is 5 % of RAM (1.2 GB on a 24 GB machine) and fills as a
+    raster is read and written, so the CLI's peak memory grew with raster size (make bench:
+    +200 MB at 10 000 px); window-by-window I/O needs little. A user's GDAL_CACHEMAX wins;
+    the plugin leaves QGIS's cache alone."""
+    if "GDAL_CACHEMAX" not in os.environ:
+        from osgeo import gdal
+
+        gdal.SetCacheMax(GDAL_CACHE_BYTES)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_warnings()
+    bound_gdal_cache()
     try:
         return COMMANDS[args.command](args)
     except MagcError as exc:
