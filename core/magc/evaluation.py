@@ -80,10 +80,11 @@ class Accumulator:
                 self.perceptual_sums[metric] = self.perceptual_sums.get(metric, 0.0) + total
         self.patches += len(patches)
 
-    def row(self, reference: "Accumulator", perceptual: PerceptualMetrics) -> dict:
-        fd = frechet_distance(np.concatenate(reference.features), np.concatenate(self.features)) if reference.features and self.features else None
-        stack = lambda parts: np.concatenate(parts) if parts else None  # noqa: E731
-        extra = perceptual.values(self.perceptual_sums, self.patches, stack(reference.inception), stack(self.inception))
+    def row(self, reference_features: np.ndarray | None, reference_inception: np.ndarray | None,
+            perceptual: PerceptualMetrics) -> dict:
+        features = _stack(self.features)
+        fd = frechet_distance(reference_features, features) if reference_features is not None and features is not None else None
+        extra = perceptual.values(self.perceptual_sums, self.patches, reference_inception, _stack(self.inception))
         return {
             "method": self.method, "rate": self.rate, "bpp": 8 * self.bytes / self.pixels if self.pixels else None,
             "psnr": psnr(self.sq_err / self.values) if self.values else None,
@@ -102,6 +103,10 @@ def _patches(path: Path, valid_fraction: float = 1.0) -> np.ndarray:
     h, w = (rgb.shape[1] // PATCH) * PATCH, (rgb.shape[2] // PATCH) * PATCH
     grid = rgb[:, :h, :w].reshape(3, h // PATCH, PATCH, w // PATCH, PATCH).transpose(1, 3, 0, 2, 4)
     return grid.reshape(-1, 3, PATCH, PATCH)
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray | None:
+    return np.concatenate(parts) if parts else None
 
 
 @dataclass
@@ -180,7 +185,8 @@ def run_evaluation(
                 acc.encode_seconds += result.encode_seconds
                 acc.unreached += 0 if result.reached else 1
                 _record(acc, original, _as_geotiff(Path(result.path), tmp / f"{item['name']}.{codec}.tif"), result.bytes, labels, scorers, original_patches)
-    rows = [acc.row(reference, scorers.perceptual) for acc in accs.values()]
+    reference_features, reference_inception = _stack(reference.features), _stack(reference.inception)  # once, for every row
+    rows = [acc.row(reference_features, reference_inception, scorers.perceptual) for acc in accs.values()]
     summary = {
         "preset": preset, "split": split, "images": len(items),
         "segmentation_miou_on_originals": miou_from_confusion(reference.confusion) if reference.confusion.sum() else "unavailable",

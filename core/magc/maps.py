@@ -183,7 +183,8 @@ class Grid:
 
     def window_geotransform(self, x0: int, y0: int) -> tuple[float, ...]:
         g = self.geotransform
-        return (g[0] + x0 * g[1] + y0 * g[2], g[1], g[2], g[3] + x0 * g[4] + y0 * g[5], g[4], g[5])
+        x, y = self.pixel_to_geo(x0, y0)
+        return (x, g[1], g[2], y, g[4], g[5])
 
     def pixel_to_geo(self, px: float, py: float) -> tuple[float, float]:
         g = self.geotransform

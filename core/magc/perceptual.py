@@ -31,7 +31,6 @@ BACKBONES = {
     "dists": ("DISTS_pytorch", "vgg16-397923af.pth"),
     "fid": ("pytorch_fid", "pt_inception-2015-12-05-6726825d.pth"),
 }
-PAIRED = ("lpips", "dists")
 BATCH = 32
 
 
@@ -71,7 +70,7 @@ def _inception() -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: net(x)[0].flatten(1)
 
 
-BUILDERS = {"lpips": _lpips, "dists": _dists}
+PAIRED = {"lpips": _lpips, "dists": _dists}  # distances between co-located patches
 
 
 def _batches(patches: np.ndarray):
@@ -84,7 +83,7 @@ class PerceptualMetrics:
 
     def __init__(self, metrics: tuple[str, ...] = ("lpips", "dists", "fid")) -> None:
         self.reasons = {m: reason for m in metrics if (reason := unavailable_reason(m))}
-        self.paired = {m: BUILDERS[m]() for m in metrics if m in PAIRED and m not in self.reasons}
+        self.paired = {m: PAIRED[m]() for m in metrics if m in PAIRED and m not in self.reasons}
         self.inception = _inception() if "fid" in metrics and "fid" not in self.reasons else None
         self.metrics = metrics
 
