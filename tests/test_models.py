@@ -115,3 +115,19 @@ def test_presets_are_plain_data() -> None:
     assert preset_from_dict(data) == preset
     with pytest.raises(Exception, match="unknown preset key"):
         preset_from_dict({**data, "surprise": 1})
+
+
+def test_class_fractions_are_area_shares_with_unknown_ids_as_background() -> None:
+    from magc.models.codec import class_fractions
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 7, (2, 16, 24), generator=generator, dtype=torch.uint8)
+    ids[0, :4, :4] = 255  # outside the map
+    fractions = class_fractions(ids, 5, factor=4)
+    assert fractions.shape == (2, 5, 4, 6)
+    known = torch.where(ids < 5, ids, torch.zeros_like(ids)).long()
+    blocks = known.view(2, 4, 4, 6, 4).permute(0, 1, 3, 2, 4).reshape(2, 4, 6, 16)
+    expected = torch.stack([(blocks == k).float().mean(-1) for k in range(5)], 1)
+    assert torch.equal(fractions, expected)
+    assert fractions[0, 0, 0, 0] == 1.0
+    assert torch.allclose(fractions.sum(1), torch.ones(2, 4, 6))

@@ -95,3 +95,14 @@ def test_symbol_checksum_reports_a_different_entropy_model() -> None:
 
     with pytest.raises(FormatError, match="checksum"):
         other.decompress(coded, 1)
+
+
+@pytest.mark.parametrize("preset", ["lite", "tiny-sd21"])
+def test_memory_format_does_not_reach_the_entropy_coder(preset: str) -> None:
+    """On the CPU the codec runs channels-last (faster convolutions); a decoder in the
+    standard layout, as on a machine that does not convert, still reads its streams."""
+    codec, coded, y_hat = encode_latent(preset, 256, 0)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in codec.parameters() if p.dim() == 4)
+    codec.to(memory_format=torch.contiguous_format)
+    codec.lcm.prepare_coding()
+    assert torch.equal(codec.decompress(coded, 0), y_hat)

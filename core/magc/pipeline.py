@@ -48,7 +48,7 @@ def plane_tensor(planes: np.ndarray, bands: list[int], device: torch.device) -> 
 
 def plane_values(image: torch.Tensor, width: int) -> np.ndarray:
     """Model output (1, 3, h, w) in [-1, 1] back to ``width`` bands in [0, 1]."""
-    values = (image[0].float().cpu().numpy() + 1) / 2
+    values = (image[0].float().cpu().contiguous().numpy() + 1) / 2  # models may run channels-last
     return values if width == 3 else values.mean(axis=0, keepdims=True)
 
 

@@ -159,7 +159,7 @@ def _ramp_weights(cuts: list[int], index: int, start: int, length: int, blend: i
     if index < len(cuts) - 2:
         hi = cuts[index + 1] + blend
         weight = np.minimum(weight, np.clip((hi - pos) / (2 * blend), 0, 1))
-    return weight
+    return weight.astype(np.float32)  # float64 weights made every blended window float64
 
 
 def _intervals(cuts: list[int], blend: int) -> list[tuple[int, int, tuple[int, ...]]]:

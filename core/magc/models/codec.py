@@ -29,11 +29,12 @@ def class_fractions(class_map: torch.Tensor, num_classes: int, factor: int = 8) 
     """Per-class area fractions at 1/``factor`` resolution from a (B, H, W) class-id map.
 
     Pixels outside the schema (e.g. 255 for outside the map) count as background (class 0).
+    Compared in the map's own dtype: ``F.one_hot`` wants int64 and a permuted copy, which cost
+    half the map time of a 1152 px window (make bench profile).
     """
-    ids = class_map.long()
-    ids = torch.where((ids >= 0) & (ids < num_classes), ids, torch.zeros_like(ids))
-    one_hot = F.one_hot(ids, num_classes).permute(0, 3, 1, 2).float()
-    return F.avg_pool2d(one_hot, factor)
+    ids = torch.where((class_map >= 0) & (class_map < num_classes), class_map, torch.zeros_like(class_map))
+    classes = torch.arange(num_classes, dtype=ids.dtype, device=ids.device).view(1, -1, 1, 1)
+    return F.avg_pool2d((ids.unsqueeze(1) == classes).float(), factor)
 
 
 class MagcCodec(nn.Module):

@@ -119,12 +119,13 @@ class PortableEvaluator:
     """
 
     def __init__(self, net: nn.Module) -> None:
-        self.net = copy.deepcopy(net).to(device="cpu", dtype=torch.float64).eval()
+        # Standard layout whatever the codec's: one memory format, one summation order.
+        self.net = copy.deepcopy(net).to(device="cpu", dtype=torch.float64, memory_format=torch.contiguous_format).eval()
         self.exact = isinstance(net, ExactNet)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        units = to_grid(x.detach().cpu())
+        units = to_grid(x.detach().cpu().contiguous())
         if self.exact:
             out = self.net.exact(units)
         else:

@@ -127,5 +127,10 @@ def load_codec(
     digest = state_hash(codec)
     target = resolve_device(device)
     codec.to(target)
+    if target.type == "cpu":
+        # oneDNN's CPU convolutions are faster on NHWC: the lite decoder's autoencoder
+        # 0.79 -> 0.61 s and its 2 denoiser steps 0.37 -> 0.27 s per 1152 px window. Hashing
+        # and saving take contiguous copies, and the entropy nets evaluate their own copies.
+        codec.to(memory_format=torch.channels_last)
     codec.lcm.prepare_coding()
     return LoadedCodec(codec, config, digest, trained, source, target)
