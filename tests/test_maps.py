@@ -8,7 +8,8 @@ import pytest
 from osgeo import gdal, ogr, osr
 
 from magc.errors import InputError, UsageError
-from magc.maps import BLOCK, CLASS_IDS, Grid, MapLayerSpec, RasterMap, VectorMap, classify_value, open_map, render_classes
+from magc.map_layers import BURN_ORDER, CLASS_IDS, CLASS_SCHEMA, MapLayerSpec, classify_value
+from magc.maps import BAND_BLOCKS, BLOCK, Grid, RasterMap, VectorMap, open_map, render_classes
 from magc.raster import RasterReader
 
 
@@ -145,22 +146,26 @@ def _wkt(epsg: int) -> str:
 
 
 def test_clipped_blocks_equal_one_rasterisation_of_the_whole_map(tmp_path: Path) -> None:
-    """Each block burns only the geometries clipped to it; the pixels must be those of burning
-    every geometry at once (checked on a real land-cover map that many block borders cross)."""
+    """Features are read band by band and each block burns only the geometries clipped to it;
+    the pixels must be those of burning every geometry at once (checked on a real land-cover
+    map that many block and band borders cross)."""
     from magc.train.data import prepare_image
 
     from conftest import SHARED_DATA, need
 
-    source = need(SHARED_DATA / "dubai-aerial" / "tile6")
-    item = prepare_image(source / "images" / "image_part_003.jpg", source / "masks" / "image_part_003.png", tmp_path, "t6p3", (600_000.0, 2_800_000.0))
+    source = need(SHARED_DATA / "dubai-aerial" / "tile7")
+    item = prepare_image(source / "images" / "image_part_001.jpg", source / "masks" / "image_part_001.png", tmp_path, "t7p1", (600_000.0, 2_800_000.0))
     grid = grid_of(tmp_path / item["image"])
+    assert grid.height > 2 * BAND_BLOCKS * BLOCK  # three bands
     vmap = VectorMap([MapLayerSpec(str(tmp_path / item["map"]))], grid)
-    assert len(vmap._shapes) >= 5
+    whole = vmap._geo_bounds(-BLOCK, -BLOCK, grid.width + BLOCK, grid.height + BLOCK)
+    geometries = sorted(vmap._layers[0].read(whole), key=lambda item: BURN_ORDER.index(CLASS_SCHEMA[item[0]]))
+    assert len(geometries) >= 5
 
     memory = ogr.GetDriverByName("Memory").CreateDataSource("reference")
     layer = memory.CreateLayer("all", srs=vmap._srs, geom_type=ogr.wkbMultiPolygon)
     layer.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger))
-    for class_id, shape in zip(vmap._classes, vmap._shapes):
+    for class_id, shape in geometries:
         feature = ogr.Feature(layer.GetLayerDefn())
         feature.SetField("cls", class_id)
         feature.SetGeometry(ogr.CreateGeometryFromWkb(shape.wkb))
@@ -175,3 +180,24 @@ def test_clipped_blocks_equal_one_rasterisation_of_the_whole_map(tmp_path: Path)
     classes = vmap.read(0, 0, grid.width, grid.height)
     assert len(np.unique(reference)) >= 3
     assert np.array_equal(classes, reference)
+
+
+def test_layers_are_read_only_where_the_raster_is(tmp_path: Path) -> None:
+    """A layer far larger than the raster (a country's roads under one scene) costs only the
+    features under each band of the raster: the others are never converted or held."""
+    height = 2 * BAND_BLOCKS * BLOCK + 52
+    grid = Grid(400, height, (500000.0, 1.0, 0.0, 2800000.0 + height, 0.0, -1.0), _wkt(32640))
+    rows = list(range(10, height - 20, 100))  # one residential road (8 m) every 100 px
+    here = [(f"LINESTRING (500050 {2800000 + height - y}, 500350 {2800000 + height - y})", "residential") for y in rows]
+    far = [(f"LINESTRING ({600000 + x} 2800000, {600000 + x} 2900000)", "primary") for x in range(0, 30000, 100)]
+    vmap = VectorMap([MapLayerSpec(str(line_layer(tmp_path / "roads.gpkg", 32640, here + far)))], grid)
+    band_px = BAND_BLOCKS * BLOCK
+    for band in range(3):
+        _, shapes, _ = vmap._band(band)
+        # a road belongs to a band when its 8 m reach the band (with the 4 px margin)
+        assert len(shapes) == sum(band * band_px - 8 < y + 4 and y - 4 < (band + 1) * band_px + 8 for y in rows)
+    classes = vmap.read(0, 0, grid.width, grid.height)
+    road = classes == CLASS_IDS["road"]
+    for y in rows:
+        assert road[y - 4:y + 4, 50:350].all() and not road[y - 4:y + 4, 352:].any()
+    assert road.sum() == len(rows) * 8 * 300

