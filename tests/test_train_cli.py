@@ -41,3 +41,24 @@ def test_train_export_and_use(preset: str, data_dir: Path, tmp_path: Path) -> No
     encode_raster(raster, tmp_path / "x.magc", maps, codec=loaded)
     decode_raster(tmp_path / "x.magc", tmp_path / "x.tif", maps, codec=loaded)
     assert (tmp_path / "x.tif").is_file()
+
+
+def test_training_goes_on_from_trained_weights_without_the_run_folder(data_dir: Path, tmp_path: Path) -> None:
+    """--init: a fresh machine adds stage-2 steps to trained weights; stage 2 without stage 1's
+    checkpoint or --init is a clear error, not a traceback."""
+    from magc.models.weights import load_state
+
+    torch.set_num_threads(2)
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    common = ["train", "--preset", "tiny-lite", "--data", str(data_dir)]
+    assert main(common + ["--run", str(tmp_path / "a"), "--steps", "2,2", "--export", str(first)]) == 0
+    assert main(common + ["--run", str(tmp_path / "b"), "--stages", "2", "--steps", "0,2"]) == 2
+    assert main(common + ["--run", str(tmp_path / "c"), "--stages", "2", "--steps", "0,2", "--init", str(first),
+                          "--export", str(second)]) == 0
+    assert json.loads(second.with_name("second.manifest.json").read_text())["started_from"] == str(first)
+    before, after = load_state(first), load_state(second)
+    frozen = [k for k in before if k.startswith(("autoencoder.encoder.", "autoencoder.decoder."))]
+    trained = [k for k in before if k.startswith("denoiser.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # started from the weights, stage 2 froze them
+    assert any(not torch.equal(before[k], after[k]) for k in trained)  # and trained the denoiser further
+    assert main(common + ["--run", str(tmp_path / "d"), "--init", str(tmp_path / "none.safetensors")]) != 0

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from .errors import MagcError
+from .errors import MagcError, UsageError
 
 
 @contextmanager
@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--vae-weights", help="SPRDiff presets: trained lite weights whose autoencoder is the frozen VAE "
                                            "(default resources/weights/lite.safetensors)")
     tr.add_argument("--steps", help="STAGE1,STAGE2 steps instead of the recipe's (e.g. for a quick trial)")
+    tr.add_argument("--init", help="lite-size presets: start from these trained weights of the same preset (fresh optimiser), "
+                                   "e.g. to add steps to the shipped weights where the run folder is gone")
     tr.add_argument("--device", default="auto", help="device of the SD-size recipe (the lite-size presets train on the CPU)")
     tr.add_argument("--sd-weights", help="Stable Diffusion 2.1-base diffusers folder (for *-sd21 presets)")
 
@@ -209,12 +211,14 @@ def _train(args: argparse.Namespace) -> int:
     if load_preset(args.preset).autoencoder.kind == "sd-vae":  # the GPU recipe (accelerate)
         from .train.sd_stages import SDRecipe, train_sd_preset
 
+        if args.init:
+            raise UsageError("--init is for the lite-size presets; the SD-size recipe resumes from its run folder")
         recipe = SDRecipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1], "warmup": min(steps)} if steps else {}))
         codec = train_sd_preset(args.preset, Path(args.data), run, args.sd_weights, stages, recipe, device=args.device)
     else:
         overrides = {"stage1_steps": steps[0], "stage2_steps": steps[1]} if steps else {}
         recipe = Recipe(**overrides, **({"vae_weights": args.vae_weights} if args.vae_weights else {}))
-        codec = train(args.preset, Path(args.data), run, recipe, stages)
+        codec = train(args.preset, Path(args.data), run, recipe, stages, init=Path(args.init) if args.init else None)
     if args.export:
         export(codec, codec.preset, Path(args.export), source=" ".join(["magc"] + sys.argv[1:]), run_dir=run)
         print(f"weights written to {args.export}", file=sys.stderr)

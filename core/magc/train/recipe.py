@@ -1,7 +1,9 @@
 """The training recipe behind ``magc train`` / ``make train-lite``: stage 1, stage 2, export.
 
 Everything is resumable: each stage keeps a checkpoint in the run folder and continues from
-it; a finished stage is skipped. The defaults are sized so the whole lite recipe fits in
+it; a finished stage is skipped. Where the run folder is gone (a fresh machine), ``init``
+starts from trained weights of the same preset with a fresh optimiser, so training can go on
+from the shipped weights. The defaults are sized so the whole lite recipe fits in
 about two hours on the 2-core development CPU (measured there: stage 1 about 0.9 s/step at
 batch 8 of 192 px crops); on a GPU it runs the same steps much faster.
 """
@@ -15,9 +17,10 @@ from pathlib import Path
 import torch
 
 from ..config import PresetConfig, load_preset
+from ..errors import InputError, UsageError
 from ..models.codec import MagcCodec
 from ..models.loading import build_codec
-from ..models.weights import save_weights, write_manifest
+from ..models.weights import load_into, load_state, preset_of, save_weights, write_manifest
 from .data import CropSampler, load_index, load_scene
 from .loop import LoopConfig
 
@@ -47,7 +50,16 @@ def _stage_done(ckpt: Path, steps: int) -> bool:
     return ckpt.exists() and int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) >= steps
 
 
-def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stages: tuple[int, ...] = (1, 2)) -> MagcCodec:
+def _start_from(codec: torch.nn.Module, preset: PresetConfig, weights: Path) -> None:
+    if not weights.is_file():
+        raise InputError(f"weights not found: {weights}")
+    if preset_of(weights).name != preset.name:
+        raise UsageError(f"{weights} holds preset {preset_of(weights).name!r}, not {preset.name!r}")
+    load_into(codec, load_state(weights))
+
+
+def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stages: tuple[int, ...] = (1, 2),
+          init: Path | None = None) -> MagcCodec:
     """Run the requested stages (resuming), leaving checkpoints in ``run_dir``; on the CPU, which
     these lite-size networks are sized for (the SD-size presets train through ``sd_stages``)."""
     torch.manual_seed(recipe.seed)
@@ -55,19 +67,25 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
     codec = build_codec(preset)
     scenes = [load_scene(data_dir, item) for item in load_index(data_dir, "train")]
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps({"preset": preset_name, "recipe": recipe.__dict__, "device": "cpu", "argv": sys.argv}, indent=1))
+    (run_dir / "recipe.json").write_text(json.dumps({"preset": preset_name, "recipe": recipe.__dict__, "device": "cpu", "argv": sys.argv,
+                                                      "init": str(init) if init else None}, indent=1))
     if preset.method == "sprdiff":
         from .sprdiff_stages import load_vae, train_stage1 as stage1_fn, train_stage2 as stage2_fn
 
         load_vae(codec, Path(recipe.vae_weights))
     else:
         from .magc_stages import train_stage1 as stage1_fn, train_stage2 as stage2_fn
+    if init is not None:
+        _start_from(codec, preset, init)
     stage1_ckpt, stage2_ckpt = run_dir / "stage1.ckpt", run_dir / "stage2.ckpt"
     if 1 in stages and not _stage_done(stage1_ckpt, recipe.stage1_steps):
         sampler = CropSampler(scenes, recipe.stage1_crop, seed=recipe.seed)
         stage1_fn(codec, sampler, run_dir, LoopConfig(recipe.stage1_steps, recipe.stage1_lr), recipe.stage1_batch)
     if 2 in stages:
-        _load_modules(codec, stage1_ckpt)
+        if stage1_ckpt.exists():
+            _load_modules(codec, stage1_ckpt)
+        elif init is None:
+            raise UsageError(f"stage 2 starts from stage 1, and {stage1_ckpt} is missing: run stage 1, or give --init WEIGHTS")
         if not _stage_done(stage2_ckpt, recipe.stage2_steps):
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 1)
             stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch)
@@ -85,7 +103,8 @@ def export(codec: torch.nn.Module, preset: PresetConfig, path: Path, source: str
     codec.lcm.gaussian_conditional.update()
     recipe = json.loads((run_dir / "recipe.json").read_text()) if run_dir and (run_dir / "recipe.json").exists() else {}
     training = {"command": source, "data": "dubai-aerial tiles 1-5 (training); tiles 6-7 held out for evaluation",
-                "recipe": recipe.get("recipe"), "device": recipe.get("device", "cpu")}
+                "recipe": recipe.get("recipe"), "device": recipe.get("device", "cpu"),
+                **({"started_from": recipe["init"]} if recipe.get("init") else {})}
     save_weights(codec, preset, path, trained=True, source=source, manifest=training)
     write_manifest(path, {"preset": preset.name, **training, "bpp_per_rate": None})
     return path
