@@ -158,7 +158,7 @@ def test_clipped_blocks_equal_one_rasterisation_of_the_whole_map(tmp_path: Path)
     grid = grid_of(tmp_path / item["image"])
     assert grid.height > 2 * BAND_BLOCKS * BLOCK  # three bands
     vmap = VectorMap([MapLayerSpec(str(tmp_path / item["map"]))], grid)
-    whole = vmap._geo_bounds(-BLOCK, -BLOCK, grid.width + BLOCK, grid.height + BLOCK)
+    whole = grid.geo_bounds(-BLOCK, -BLOCK, grid.width + BLOCK, grid.height + BLOCK)
     geometries = sorted(vmap._layers[0].read(whole), key=lambda item: BURN_ORDER.index(CLASS_SCHEMA[item[0]]))
     assert len(geometries) >= 5
 

@@ -17,8 +17,10 @@ field or of OpenStreetMap tag fields (``building``, ``highway``, ``natural`` ...
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from osgeo import ogr, osr
 import shapely
@@ -135,6 +137,17 @@ def srs_from_wkt(wkt: str) -> osr.SpatialReference:
     return srs
 
 
+@contextmanager
+def opened_layer(spec: MapLayerSpec) -> Iterator[ogr.Layer]:
+    """The spec's layer, released before its data source on the way out, as GDAL requires."""
+    source, layer = _open_layer(spec)
+    try:
+        yield layer
+    finally:
+        del layer
+        del source
+
+
 def _open_layer(spec: MapLayerSpec) -> tuple[ogr.DataSource, ogr.Layer]:
     if not Path(spec.path).exists():
         raise InputError(f"map layer not found: {spec.path}")
@@ -153,10 +166,8 @@ def _open_layer(spec: MapLayerSpec) -> tuple[ogr.DataSource, ogr.Layer]:
 
 def feature_count(spec: MapLayerSpec) -> int:
     """How many features a map layer holds, with the same errors as reading it for a map."""
-    source, layer = _open_layer(spec)
-    count = layer.GetFeatureCount()
-    del layer, source  # the layer before its data source, as GDAL requires
-    return count
+    with opened_layer(spec) as layer:
+        return layer.GetFeatureCount()
 
 
 # How far a line's buffer reaches beyond the line: a region's read is widened by it, so a
@@ -179,12 +190,8 @@ class LayerReader:
         self.spec = spec
         self.crs_wkt = crs_wkt
         self.unit = metres_per_unit
-        source, layer = _open_layer(spec)
-        try:
+        with opened_layer(spec) as layer:
             self.lower = self._check(layer)
-        finally:
-            del layer  # before its data source
-            del source
 
     def _check(self, layer: ogr.Layer) -> dict[str, str]:
         """The layer's problems as clear errors; returns its field names by lower-case name."""
@@ -209,12 +216,8 @@ class LayerReader:
 
     def read(self, bounds: Bounds) -> list[tuple[int, BaseGeometry]]:
         """(class id, geometry clipped to ``bounds``) of every feature that reaches ``bounds``."""
-        source, layer = _open_layer(self.spec)
-        try:
+        with opened_layer(self.spec) as layer:
             return self._read(layer, bounds)
-        finally:
-            del layer
-            del source
 
     def _read(self, layer: ogr.Layer, bounds: Bounds) -> list[tuple[int, BaseGeometry]]:
         layer_srs = layer.GetSpatialRef()

@@ -86,6 +86,11 @@ class Grid:
         g = self.geotransform
         return g[0] + px * g[1] + py * g[2], g[3] + px * g[4] + py * g[5]
 
+    def geo_bounds(self, px0: float, py0: float, px1: float, py1: float) -> tuple[float, float, float, float]:
+        """The geographic box around a pixel rectangle (any geotransform, rotated too)."""
+        xs, ys = zip(*(self.pixel_to_geo(px, py) for px in (px0, px1) for py in (py0, py1)))
+        return min(xs), min(ys), max(xs), max(ys)
+
     def metres_per_unit(self) -> float:
         if not self.crs_wkt:
             return 1.0
@@ -122,11 +127,6 @@ class VectorMap:
         self._bands = BlockCache(BANDS_HELD)
         self._cache = BlockCache()
 
-    def _geo_bounds(self, px0: float, py0: float, px1: float, py1: float) -> tuple[float, float, float, float]:
-        """The geographic box around a pixel rectangle (any geotransform, rotated too)."""
-        xs, ys = zip(*(self.grid.pixel_to_geo(px, py) for px in (px0, px1) for py in (py0, py1)))
-        return min(xs), min(ys), max(xs), max(ys)
-
     def _band(self, band: int) -> tuple[list[int], list, shapely.STRtree]:
         return self._bands.get((band,), self._load_band)
 
@@ -135,7 +135,7 @@ class VectorMap:
         margin wider than a block's, so that clipping to a block cuts the original edges."""
         margin, width = BAND_MARGIN_PX, -(-self.grid.width // BLOCK) * BLOCK
         top = band * BAND_BLOCKS * BLOCK
-        bounds = self._geo_bounds(-margin, top - margin, width + margin, top + BAND_BLOCKS * BLOCK + margin)
+        bounds = self.grid.geo_bounds(-margin, top - margin, width + margin, top + BAND_BLOCKS * BLOCK + margin)
         geometries = [item for layer in self._layers for item in layer.read(bounds)]
         geometries.sort(key=lambda item: BURN_ORDER.index(CLASS_SCHEMA[item[0]]))  # later burns win
         shapes = [shape for _, shape in geometries]
@@ -146,7 +146,7 @@ class VectorMap:
         layer is fetched and released by the caller, so no layer object can outlive it (a GDAL
         segfault at garbage collection otherwise)."""
         size, margin = BLOCK, CLIP_MARGIN_PX
-        bounds = self._geo_bounds(bx * size - margin, by * size - margin, (bx + 1) * size + margin, (by + 1) * size + margin)
+        bounds = self.grid.geo_bounds(bx * size - margin, by * size - margin, (bx + 1) * size + margin, (by + 1) * size + margin)
         classes, shapes, tree = self._band(by // BAND_BLOCKS)
         source = ogr.GetDriverByName("Memory").CreateDataSource("magc_map")
         layer = source.CreateLayer("classes", srs=self._srs, geom_type=ogr.wkbMultiPolygon)

@@ -53,8 +53,9 @@ def _stage_done(ckpt: Path, steps: int) -> bool:
 def _start_from(codec: torch.nn.Module, preset: PresetConfig, weights: Path) -> None:
     if not weights.is_file():
         raise InputError(f"weights not found: {weights}")
-    if preset_of(weights).name != preset.name:
-        raise UsageError(f"{weights} holds preset {preset_of(weights).name!r}, not {preset.name!r}")
+    held = preset_of(weights).name
+    if held != preset.name:
+        raise UsageError(f"{weights} holds preset {held!r}, not {preset.name!r}")
     load_into(codec, load_state(weights))
 
 
@@ -64,8 +65,10 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
     these lite-size networks are sized for (the SD-size presets train through ``sd_stages``)."""
     torch.manual_seed(recipe.seed)
     preset = load_preset(preset_name)
+    stage1_ckpt, stage2_ckpt = run_dir / "stage1.ckpt", run_dir / "stage2.ckpt"
+    if 2 in stages and 1 not in stages and init is None and not stage1_ckpt.exists():
+        raise UsageError(f"stage 2 starts from stage 1, and {stage1_ckpt} is missing: run stage 1, or give --init WEIGHTS")
     codec = build_codec(preset)
-    scenes = [load_scene(data_dir, item) for item in load_index(data_dir, "train")]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(json.dumps({"preset": preset_name, "recipe": recipe.__dict__, "device": "cpu", "argv": sys.argv,
                                                       "init": str(init) if init else None}, indent=1))
@@ -75,17 +78,15 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         load_vae(codec, Path(recipe.vae_weights))
     else:
         from .magc_stages import train_stage1 as stage1_fn, train_stage2 as stage2_fn
-    if init is not None:
+    if init is not None:  # after the SPRDiff VAE, which the weights hold too; before the slow scene loading
         _start_from(codec, preset, init)
-    stage1_ckpt, stage2_ckpt = run_dir / "stage1.ckpt", run_dir / "stage2.ckpt"
+    scenes = [load_scene(data_dir, item) for item in load_index(data_dir, "train")]
     if 1 in stages and not _stage_done(stage1_ckpt, recipe.stage1_steps):
         sampler = CropSampler(scenes, recipe.stage1_crop, seed=recipe.seed)
         stage1_fn(codec, sampler, run_dir, LoopConfig(recipe.stage1_steps, recipe.stage1_lr), recipe.stage1_batch)
     if 2 in stages:
-        if stage1_ckpt.exists():
+        if stage1_ckpt.exists():  # else --init gave the starting point (checked above)
             _load_modules(codec, stage1_ckpt)
-        elif init is None:
-            raise UsageError(f"stage 2 starts from stage 1, and {stage1_ckpt} is missing: run stage 1, or give --init WEIGHTS")
         if not _stage_done(stage2_ckpt, recipe.stage2_steps):
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 1)
             stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch)
