@@ -9,8 +9,9 @@ from osgeo import gdal, ogr, osr
 
 from magc.errors import InputError, UsageError
 from magc.map_layers import BURN_ORDER, CLASS_IDS, CLASS_SCHEMA, MapLayerSpec, classify_value
-from magc.maps import BAND_BLOCKS, BLOCK, Grid, RasterMap, VectorMap, open_map, render_classes
+from magc.maps import BAND_BLOCKS, BLOCK, Grid, PackedBlocks, RasterMap, VectorMap, open_map, render_classes
 from magc.raster import RasterReader
+from magc.tiling import TileGrid
 
 
 def grid_of(path: Path) -> Grid:
@@ -69,6 +70,59 @@ def test_windows_agree_with_the_whole_map(fixtures_dir: Path) -> None:
     vmap = VectorMap([MapLayerSpec(str(fixtures_dir / "geotiff_labels.geojson"), fixed_class="building")], grid)
     whole = vmap.read(0, 0, grid.width, grid.height)
     assert np.array_equal(vmap.read(300, 170, 333, 411), whole[170:581, 300:633])
+
+
+
+def test_fingerprint_and_tiles_rasterise_each_block_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encode and decode fingerprint the whole map, then read it again tile by tile: the
+    second pass must reuse the packed blocks, neither rasterising nor reading the layers again
+    (on a raster of more blocks and bands than any count-limited cache would hold)."""
+    width, height = 11 * BLOCK, 4 * BAND_BLOCKS * BLOCK
+    grid = Grid(width, height, (500000.0, 1.0, 0.0, 2800000.0 + height, 0.0, -1.0), _wkt(32640))
+    rows = list(range(100, height, 200))
+    roads = [(f"LINESTRING (500000 {2800000 + height - y}, {500000 + width} {2800000 + height - y})", "residential") for y in rows]
+    vmap = VectorMap([MapLayerSpec(str(line_layer(tmp_path / "roads.gpkg", 32640, roads)))], grid)
+    made: list[tuple[int, int]] = []
+    bands: list[tuple[int]] = []
+    rasterise, load_band = vmap._rasterise_block, vmap._load_band
+    monkeypatch.setattr(vmap, "_rasterise_block", lambda by, bx: made.append((by, bx)) or rasterise(by, bx))
+    monkeypatch.setattr(vmap, "_load_band", lambda band: bands.append(band) or load_band(band))
+    vmap.fingerprint()
+    assert len(made) == len(set(made)) == 11 * 4 * BAND_BLOCKS and len(bands) == 4
+    tiles = TileGrid(width, height, 1024, 64, 64)
+    for r, c in tiles.tiles():
+        window = tiles.context(r, c)
+        x0, y0 = max(window.x0, 0), max(window.y0, 0)
+        part = vmap.read(x0, y0, min(window.x0 + window.width, width) - x0, min(window.y0 + window.height, height) - y0)
+        assert (part == CLASS_IDS["road"]).any()
+    assert len(made) == 11 * 4 * BAND_BLOCKS and len(bands) == 4
+    road = vmap.read(0, 0, width, height) == CLASS_IDS["road"]
+    assert road.sum() == len(rows) * 8 * width
+
+
+def test_packed_blocks_keep_what_fits_their_budget() -> None:
+    rng = np.random.default_rng(0)
+    blocks = {(by, bx): (rng.random((BLOCK, BLOCK)) < 0.01).astype(np.uint8) * 3 for by in range(4) for bx in range(4)}
+    made: list[tuple[int, int]] = []
+
+    def make(by: int, bx: int) -> np.ndarray:
+        made.append((by, bx))
+        return blocks[by, bx]
+
+    roomy = PackedBlocks()
+    for _ in range(2):
+        for key, block in blocks.items():
+            assert np.array_equal(roomy.get(key, make), block)
+    assert len(made) == len(blocks)  # all made once, then unpacked
+    assert 0 < roomy.held_bytes < sum(b.nbytes for b in blocks.values()) / 4
+
+    made.clear()
+    one_block = len(roomy.blocks[0, 0][0])
+    tight = PackedBlocks(budget_bytes=3 * one_block)
+    for key, block in blocks.items():
+        assert np.array_equal(tight.get(key, make), block)
+    assert tight.held_bytes <= 3 * one_block and len(tight.blocks) < len(blocks)
+    assert np.array_equal(tight.get((0, 0), make), blocks[0, 0]) and made.count((0, 0)) == 2  # dropped, made again
 
 
 def test_roads_get_their_width(tmp_path: Path) -> None:
