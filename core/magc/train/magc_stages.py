@@ -78,7 +78,7 @@ def rate_distortion_step(loss: torch.Tensor, optimizers: dict, params: list, lcm
     optimizers["aux"].zero_grad(set_to_none=True)
     aux_loss.backward()
     optimizers["aux"].step()
-    return float(aux_loss)
+    return aux_loss.item()
 
 
 def train_stage1(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int) -> None:
@@ -109,9 +109,9 @@ def train_stage1(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
         loss = lambdas[k] * (d_hat + GAMMA_LATENT * latent) + bpp + BETA_AE * d_ae
         aux_loss = rate_distortion_step(loss, optimizers, main + gains + densities, codec.lcm)
         return {
-            "loss": float(loss), f"bpp_r{k}": float(bpp), f"msssim_r{k}": 1 - float(ms_hat),
-            f"psnr_r{k}": float(-10 * torch.log10(mse_hat)), "psnr_ae": float(-10 * torch.log10(mse_ae)),
-            "latent": float(latent), "aux": aux_loss,
+            "loss": loss.item(), f"bpp_r{k}": bpp.item(), f"msssim_r{k}": 1 - ms_hat.item(),
+            f"psnr_r{k}": (-10 * torch.log10(mse_hat)).item(), "psnr_ae": (-10 * torch.log10(mse_ae)).item(),
+            "latent": latent.item(), "aux": aux_loss,
         }
 
     modules = {"autoencoder": codec.autoencoder, "lcm": codec.lcm}
@@ -177,7 +177,7 @@ def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
         torch.nn.utils.clip_grad_norm_(codec.denoiser.parameters(), 1.0)
         optimizers["main"].step()
         baseline = F.mse_loss(z_tilde, z0)
-        return {"loss": float(loss), "ztilde_mse": float(baseline), "scale": scale}
+        return {"loss": loss.item(), "ztilde_mse": baseline.item(), "scale": scale}
 
     modules = {"denoiser": codec.denoiser, "autoencoder": codec.autoencoder, "lcm": codec.lcm}
     run_loop("stage2", run_dir, cfg, modules, optimizers, step,

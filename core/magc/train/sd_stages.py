@@ -104,7 +104,7 @@ def stage1_loss(codec: torch.nn.Module, x: torch.Tensor, map_input: torch.Tensor
     bpp = bits_per_pixel(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3])
     mse = F.mse_loss(out["z_tilde"].float(), z0.float())
     loss = codec.preset.rates[rate].lmbda * mse + bpp
-    return loss, {"bpp": float(bpp), "mse": float(mse)}
+    return loss, {"bpp": bpp.item(), "mse": mse.item()}
 
 
 def stage2_loss(codec: torch.nn.Module, x: torch.Tensor, map_input: torch.Tensor, rate: int, alphas: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -117,7 +117,7 @@ def stage2_loss(codec: torch.nn.Module, x: torch.Tensor, map_input: torch.Tensor
     z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
     pred = codec.denoiser(z_t, t, z_tilde, map_input)
     loss = F.mse_loss(pred.float(), noise.float())
-    return loss, {"eps_mse": float(loss)}
+    return loss, {"eps_mse": loss.item()}
 
 
 def train_sd(codec: torch.nn.Module, sampler: CropSampler, run_dir: Path, recipe: SDRecipe, stage: int) -> None:
@@ -166,7 +166,7 @@ def train_sd(codec: torch.nn.Module, sampler: CropSampler, run_dir: Path, recipe
         accelerator.backward(aux_loss)
         aux.step()
         if log is not None and (step + 1) % 50 == 0:
-            log.write(json.dumps({"step": step + 1, "loss": float(loss), "aux": float(aux_loss), **values}) + "\n")
+            log.write(json.dumps({"step": step + 1, "loss": loss.item(), "aux": aux_loss.item(), **values}) + "\n")
             log.flush()
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == steps:
             accelerator.wait_for_everyone()

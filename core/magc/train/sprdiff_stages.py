@@ -60,8 +60,8 @@ def train_stage1(codec: SprdiffCodec, sampler: CropSampler, run_dir: Path, cfg: 
         latent = F.mse_loss(out["z_tilde"], z0) / (z0.detach().var() + 1e-6)
         loss = lambdas[k] * (d_hat + GAMMA_LATENT * latent) + bpp
         aux_loss = rate_distortion_step(loss, optimizers, main + gains + densities, codec.lcm)
-        return {"loss": float(loss), f"bpp_r{k}": float(bpp), f"msssim_r{k}": 1 - float(ms_hat),
-                f"psnr_r{k}": float(-10 * torch.log10(mse_hat)), "latent": float(latent), "aux": aux_loss}
+        return {"loss": loss.item(), f"bpp_r{k}": bpp.item(), f"msssim_r{k}": 1 - ms_hat.item(),
+                f"psnr_r{k}": (-10 * torch.log10(mse_hat)).item(), "latent": latent.item(), "aux": aux_loss}
 
     modules = {"autoencoder": codec.autoencoder, "distortion_encoder": codec.distortion_encoder, "fusion": codec.fusion, "lcm": codec.lcm}
     run_loop("stage1", run_dir, cfg, modules, optimizers, step,
@@ -99,7 +99,7 @@ def train_stage2(codec: SprdiffCodec, sampler: CropSampler, run_dir: Path, cfg: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizers["main"].step()
-        return {"loss": float(loss), "ztilde_mse": float(F.mse_loss(z_tilde, z0))}
+        return {"loss": loss.item(), "ztilde_mse": float(F.mse_loss(z_tilde, z0))}
 
     modules = {name: getattr(codec, name) for name in ("autoencoder", "distortion_encoder", "fusion", "lcm", "pixel_branch", "semantic_branch", "unet")}
     run_loop("stage2", run_dir, cfg, modules, optimizers, step,
