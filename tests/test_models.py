@@ -131,3 +131,25 @@ def test_class_fractions_are_area_shares_with_unknown_ids_as_background() -> Non
     assert torch.equal(fractions, expected)
     assert fractions[0, 0, 0, 0] == 1.0
     assert torch.allclose(fractions.sum(1), torch.ones(2, 4, 6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_channel_layer_norm_is_the_official_formula(dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+    """The fused layer_norm over channels computes the official (x - mean) / sqrt(var + eps) * g + b,
+    in either memory format, and trains (gradients reach g and b)."""
+    from magc.models.layers import ChannelLayerNorm
+
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(24).to(dtype)
+    with torch.no_grad():
+        norm.g.normal_()
+        norm.b.normal_()
+    x = (torch.randn(2, 24, 9, 13, dtype=dtype) * 3 + 1).to(memory_format=memory_format)
+    mean, var = x.mean(1, keepdim=True), x.var(1, unbiased=False, keepdim=True)
+    official = (x - mean) / (var + norm.eps).sqrt() * norm.g + norm.b
+    out = norm(x)
+    assert out.shape == x.shape and out.dtype == dtype
+    torch.testing.assert_close(out, official, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
+    out.square().sum().backward()
+    assert norm.g.grad is not None and norm.g.grad.abs().sum() > 0 and norm.b.grad.abs().sum() > 0
