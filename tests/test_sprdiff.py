@@ -67,7 +67,33 @@ def test_lite_stages_run(tmp_path: Path) -> None:
     loaded_vae = {k: v.clone() for k, v in codec.autoencoder.state_dict().items()}
     assert any(not torch.equal(vae_before[k], loaded_vae[k]) for k in vae_before)
     sprdiff_stages.train_stage1(codec, sampler, tmp_path, LoopConfig(3, 1e-3, warmup=1), batch=2)
+    assert float(codec.autoencoder.scaling_factor) == 1.0  # the test VAE comes unscaled
     sprdiff_stages.train_stage2(codec, sampler, tmp_path, LoopConfig(3, 1e-3, warmup=1), batch=2)
-    for key, value in codec.autoencoder.state_dict().items():  # the VAE stayed frozen
-        assert torch.equal(value, loaded_vae[key]), key
+    for key, value in codec.autoencoder.state_dict().items():  # the VAE stayed frozen, but for its scale
+        if key != "scaling_factor":
+            assert torch.equal(value, loaded_vae[key]), key
+    with torch.no_grad():  # stage 2 diffused unit-variance latents, as the noise schedule assumes
+        assert 0.7 < float(codec.autoencoder.encode(sampler.batch(8)[0]).std()) < 1.4
     assert (tmp_path / "stage2.ckpt").exists()
+
+
+@pytest.mark.parametrize("preset", ["tiny-lite", "tiny-sprdiff"])
+def test_folding_the_latent_scale_keeps_the_codec(preset: str) -> None:
+    """Stage 2 rescales z0 to unit variance; what stage 1 trained must compute the same:
+    the same y (so the same bits) and the same decoded z~, on the new scale."""
+    torch.manual_seed(0)
+    codec = build_codec(load_preset(preset)).eval()
+    image = torch.from_numpy(smooth_image(128, 128)).float()[None].div(127.5).sub(1)
+    map_input = codec.map_input(np.zeros((128, 128), np.uint8))
+    with torch.no_grad():
+        before = (codec.autoencoder.encode(image), codec.analyse(image, map_input))
+        z_tilde = codec.synthesise(torch.round(before[1]), map_input)
+        decoded = codec.autoencoder.decode(z_tilde)
+        codec.fold_latent_scale(6.5)
+        after = (codec.autoencoder.encode(image), codec.analyse(image, map_input))
+        torch.testing.assert_close(after[0], 6.5 * before[0])
+        torch.testing.assert_close(after[1], before[1], rtol=1e-4, atol=1e-4)
+        z_tilde_after = codec.synthesise(torch.round(before[1]), map_input)
+        torch.testing.assert_close(z_tilde_after, 6.5 * z_tilde, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(codec.autoencoder.decode(z_tilde_after), decoded, rtol=1e-4, atol=1e-4)
+    assert float(before[1].abs().max()) > 1e-2 and float(z_tilde.abs().max()) > 1e-3

@@ -50,6 +50,16 @@ class MagcCodec(nn.Module):
         self.lcm.set_rate_gains([r.gain for r in preset.rates])
         self.denoiser = ConditionalDenoiser(preset.denoiser, latent, map_channels)
 
+    @torch.no_grad()
+    def fold_latent_scale(self, scale: float) -> None:
+        """Make z0 = AE.encode(x) carry ``scale`` without changing what the LCM computes: its
+        first convolution takes the old z0 back, its last one gives z~ on the new scale."""
+        ratio = scale / float(self.autoencoder.scaling_factor)
+        self.autoencoder.scaling_factor.fill_(scale)
+        self.lcm.ga_1[0].weight.div_(ratio)
+        self.lcm.gs_4.weight.mul_(ratio)
+        self.lcm.gs_4.bias.mul_(ratio)
+
     # -- inputs --------------------------------------------------------------------------
     def map_input(self, map_window: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The network input for a map window: (H, W) class ids or (3, H, W) uint8 RGB."""

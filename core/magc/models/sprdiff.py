@@ -104,6 +104,17 @@ class SprdiffCodec(nn.Module):
         else:
             self.context = None
 
+    @torch.no_grad()
+    def fold_latent_scale(self, scale: float) -> None:
+        """Make z0 carry ``scale`` without changing what the fusion and LCM compute: the
+        fusion's weights on z0 take the old z0 back, the LCM's last convolution gives z~ on
+        the new scale."""
+        ratio = scale / float(self.autoencoder.scaling_factor)
+        self.autoencoder.scaling_factor.fill_(scale)
+        self.fusion[0].weight[:, :self.preset.autoencoder.latent_channels].div_(ratio)
+        self.lcm.gs_4.weight.mul_(ratio)
+        self.lcm.gs_4.bias.mul_(ratio)
+
     # -- inputs --------------------------------------------------------------------------
     def map_input(self, map_window: np.ndarray | torch.Tensor) -> torch.Tensor:
         """SPRDiff uses no map: an empty tensor keeps the codec interface the same."""

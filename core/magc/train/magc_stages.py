@@ -14,7 +14,7 @@ travel far (with compressai's defaults the hyper-latent still cost ~5 bits per s
 600 steps, 0.019 bpp, more than the whole lowest rate should).
 
 Stage 2 (conditional denoiser, autoencoder and LCM frozen): the latent is first scaled to
-unit variance (the scale is folded into the LCM's first and last convolutions, so stage 1's
+unit variance (the scale is folded into the convolutions before and after it, so stage 1's
 function is unchanged); then the usual diffusion loss on the preset's prediction type,
 with timesteps half uniform, half the ones the sampler will use.
 """
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 
 from ..models.codec import MagcCodec, class_fractions
+from ..models.sprdiff import SprdiffCodec
 from ..sampling import make_schedule, sampling_timesteps
 from .data import CropSampler
 from .loop import LoopConfig, run_loop
@@ -121,17 +122,15 @@ def train_stage1(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
 
 
 @torch.no_grad()
-def fold_latent_scale(codec: MagcCodec, sampler: CropSampler, batches: int = 16, batch: int = 8) -> float:
-    """Scale the latent to unit variance without changing what stage 1 computes."""
+def fit_latent_scale(codec: MagcCodec | SprdiffCodec, sampler: CropSampler, batches: int = 16, batch: int = 8) -> float:
+    """Scale the latent to unit variance, which the noise schedule assumes, without changing
+    what stage 1 computes (a latent already scaled, e.g. a VAE taken from lite, is kept)."""
     if abs(float(codec.autoencoder.scaling_factor) - 1.0) > 1e-6:
         return float(codec.autoencoder.scaling_factor)
     codec.eval()
     values = [codec.autoencoder.encode(sampler.batch(batch)[0]) for _ in range(batches)]
     scale = 1.0 / float(torch.cat(values).std())
-    codec.autoencoder.scaling_factor.fill_(scale)
-    codec.lcm.ga_1[0].weight.div_(scale)
-    codec.lcm.gs_4.weight.mul_(scale)
-    codec.lcm.gs_4.bias.mul_(scale)
+    codec.fold_latent_scale(scale)
     return scale
 
 
@@ -144,7 +143,7 @@ def diffusion_target(prediction_type: str, z0: torch.Tensor, noise: torch.Tensor
 
 
 def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int, seed: int = 0) -> None:
-    scale = fold_latent_scale(codec, sampler)
+    scale = fit_latent_scale(codec, sampler)
     codec.autoencoder.requires_grad_(False).eval()
     codec.lcm.requires_grad_(False).eval()
     codec.denoiser.requires_grad_(True).train()

@@ -5,8 +5,9 @@ the distortion encoder, the fusion and the map-free LCM learn
 
     loss = λ_k · (D(VAE.dec(z~), x) + γ · ‖z~ − z0‖² / var(z0)) + bpp_k
 
-Stage 2: the DARM branches and the UNet learn the diffusion loss on the preset's prediction
-type, conditioned on z~, the pixel condition and the semantic conditions.
+Stage 2: the latent is scaled to unit variance as in MAGC's stage 2 (unless the VAE came
+scaled); then the DARM branches and the UNet learn the diffusion loss on the preset's
+prediction type, conditioned on z~, the pixel condition and the semantic conditions.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..sampling import make_schedule, sampling_timesteps
 from .data import CropSampler
 from .loop import LoopConfig, run_loop
 from .magc_stages import (DENSITY_LR_FACTOR, GAIN_LR_FACTOR, GAMMA_LATENT, bits_per_pixel, diffusion_target, distortion,
-                          rate_distortion_step)
+                          fit_latent_scale, rate_distortion_step)
 
 DEFAULT_VAE = Path(__file__).resolve().parents[3] / "resources" / "weights" / "lite.safetensors"
 
@@ -70,6 +71,7 @@ def train_stage1(codec: SprdiffCodec, sampler: CropSampler, run_dir: Path, cfg: 
 
 
 def train_stage2(codec: SprdiffCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int, seed: int = 0) -> None:
+    scale = fit_latent_scale(codec, sampler)
     for frozen in (codec.autoencoder, codec.distortion_encoder, codec.fusion, codec.lcm):
         frozen.requires_grad_(False).eval()
     trainable = [codec.pixel_branch, codec.semantic_branch, codec.unet]
@@ -99,7 +101,7 @@ def train_stage2(codec: SprdiffCodec, sampler: CropSampler, run_dir: Path, cfg: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizers["main"].step()
-        return {"loss": loss.item(), "ztilde_mse": float(F.mse_loss(z_tilde, z0))}
+        return {"loss": loss.item(), "ztilde_mse": float(F.mse_loss(z_tilde, z0)), "scale": scale}
 
     modules = {name: getattr(codec, name) for name in ("autoencoder", "distortion_encoder", "fusion", "lcm", "pixel_branch", "semantic_branch", "unet")}
     run_loop("stage2", run_dir, cfg, modules, optimizers, step,
