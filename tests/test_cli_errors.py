@@ -90,6 +90,7 @@ def test_successful_encode_reports_device_and_bpp(workdir: Path) -> None:
         (["decode", "{d}/missing.magc", "-o", "{d}/x.tif"], ["not found"]),
         (["decode", "{d}/in.tif", "-o", "{d}/x.tif"], ["not a magc file"]),
         (["decode", "{d}/good.magc", "-o", "{d}/x.tif"], ["map"]),
+        (["decode", "{d}/good.magc", "-o", "{d}/x.tif", "--map", "{d}/buildings.gpkg", "--strength", "1.5"], ["strength", "between 0 and 1"]),
         (["info", "{d}/notes.txt"], ["not a magc file"]),
     ],
 )

@@ -7,7 +7,9 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from osgeo import gdal
 from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer
 
 from plugin_helpers import (  # noqa: F401 (fixtures)
@@ -44,6 +46,10 @@ def test_encode_decode_with_a_vector_map(project, crops, tmp_path: Path) -> None
     decoded = processing.run("magc:decode_file", {"INPUT": result["OUTPUT"], "MAPS": [buildings], "DEVICE": "cpu",
                                                   "OUTPUT": str(tmp_path / "s.tif")})
     assert_same_grid(decoded["OUTPUT"], raster)
+    direct = processing.run("magc:decode_file", {"INPUT": result["OUTPUT"], "MAPS": [buildings], "DEVICE": "cpu",
+                                                 "STRENGTH": 0, "OUTPUT": str(tmp_path / "s0.tif")})
+    assert_same_grid(direct["OUTPUT"], raster)  # without the denoiser: another reconstruction of the same file
+    assert not np.array_equal(gdal.Open(direct["OUTPUT"]).ReadAsArray(), gdal.Open(decoded["OUTPUT"]).ReadAsArray())
 
     with pytest.raises(QgsProcessingException, match="map layers differ"):
         processing.run("magc:decode_file", {"INPUT": result["OUTPUT"], "DEVICE": "cpu", "OUTPUT": str(tmp_path / "t.tif")})

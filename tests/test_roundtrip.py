@@ -18,6 +18,7 @@ from osgeo import gdal, ogr, osr
 
 from magc.api import decode_raster, encode_raster, read_info, roundtrip
 from magc.cli import main
+from magc.errors import UsageError
 
 from conftest import smooth_image, write_geotiff
 
@@ -141,6 +142,29 @@ def test_decoding_is_repeatable(tmp_path: Path, tiny_lite) -> None:
     decode_raster(coded, tmp_path / "a.tif", codec=tiny_lite)
     decode_raster(coded, tmp_path / "b.tif", codec=tiny_lite)
     assert np.array_equal(gdal.Open(str(tmp_path / "a.tif")).ReadAsArray(), gdal.Open(str(tmp_path / "b.tif")).ReadAsArray())
+
+
+def test_decode_strength_overrides_the_sampler(tmp_path: Path, tiny_lite, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same file decodes with another sampling strength; 0 is z~ decoded without the
+    denoiser, and a strength outside [0, 1] is refused before anything is written."""
+    raster = write_geotiff(tmp_path / "in.tif", smooth_image(200, 260))
+    coded = tmp_path / "x.magc"
+    encode_raster(raster, coded, codec=tiny_lite)
+    default = decode_raster(coded, tmp_path / "default.tif", codec=tiny_lite)
+    assert default.strength == tiny_lite.preset.sampler.strength > 0
+    calls: list[int] = []
+    forward = tiny_lite.codec.denoiser.forward
+    monkeypatch.setattr(tiny_lite.codec.denoiser, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    direct = decode_raster(coded, tmp_path / "direct.tif", codec=tiny_lite, strength=0)
+    assert direct.strength == 0.0 and calls == []
+    a, b = (gdal.Open(str(tmp_path / name)).ReadAsArray() for name in ("default.tif", "direct.tif"))
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    decode_raster(coded, tmp_path / "again.tif", codec=tiny_lite, strength=1.0)
+    assert calls  # strength 1 samples with the denoiser
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(UsageError, match="strength"):
+            decode_raster(coded, tmp_path / "bad.tif", codec=tiny_lite, strength=bad)
+    assert not (tmp_path / "bad.tif").exists()
 
 
 def test_cli_roundtrip_writes_file_reconstruction_and_report(fixtures_dir: Path, tmp_path: Path, capsys) -> None:

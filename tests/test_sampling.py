@@ -74,6 +74,17 @@ def test_strength_starts_from_the_guide() -> None:
     assert max(sampling_timesteps(cfg)) <= 500
 
 
+def test_strength_zero_is_the_guide_itself() -> None:
+    cfg = SamplerConfig(scheduler="DDPMScheduler", scheduler_config={"num_train_timesteps": 1000, "timestep_spacing": "trailing"},
+                        steps=4, strength=0.0, eta=0.0)
+    guide = torch.randn(1, 4, 8, 8)
+
+    def never(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("strength 0 must not evaluate the denoiser")
+
+    assert torch.equal(sample(never, cfg, "sample", guide, lambda i: torch.randn_like(guide)), guide)
+
+
 def tiny_sd_folder(path: Path) -> Path:
     """A diffusers folder shaped like SD 2.1-base at toy size (VAE, UNet with 4 inputs, text encoder)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -52,6 +52,15 @@ def _add_map_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+
+def _add_strength_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--strength", type=float, metavar="S",
+        help="decoder sampling strength from 0 to 1 instead of the preset's (lite: 0.6): 0 decodes z~ directly, "
+             "without the denoiser (fastest); 1 generates from pure noise. The file does not depend on it",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magc", description="Map-assisted generative compression of georeferenced rasters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-o", "--output", required=True)
     _add_map_option(dec)
     dec.add_argument("--ignore-map-mismatch", action="store_true", help="decode even if the map differs from the encoder's")
+    _add_strength_option(dec)
     _add_model_options(dec)
 
     info = sub.add_parser("info", help="print a .magc file's header as JSON")
@@ -103,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="evaluate only the first N images")
     ev.add_argument("--baselines", default="jp2,webp,jpeg", help="GDAL baselines to run beside the codec (comma-separated, or 'none')")
     ev.add_argument("--update-manifest", action="store_true", help="record the measured bpp per rate in the weights' manifest")
+    _add_strength_option(ev)
     _add_model_options(ev)
 
     tr = sub.add_parser("train", help="train a preset (resumable; see the README for the recipe)")
@@ -167,7 +178,8 @@ def _decode(args: argparse.Namespace) -> int:
 
     with progress_bar("decode", args.quiet) as progress:
         report = decode_raster(args.input, args.output, args.map, device=args.device, weights=args.weights,
-                               ignore_map_mismatch=args.ignore_map_mismatch, progress=progress, sd_weights=args.sd_weights)
+                               ignore_map_mismatch=args.ignore_map_mismatch, progress=progress, sd_weights=args.sd_weights,
+                               strength=args.strength)
     print(f"{report.output}: {report.width}x{report.height} (preset {report.preset}, device {report.device}, {report.seconds:.1f} s)", file=sys.stderr)
     return 0
 
@@ -247,7 +259,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise MagcError(f"unknown baseline(s) {', '.join(sorted(unknown))}: choose from {', '.join(CODECS)} or none")
     table = run_evaluation(Path(args.data), args.split, Path(args.output), args.preset, rates=rates, device=args.device,
                            weights=args.weights, segmentation=args.segmentation, limit=args.limit, quiet=args.quiet,
-                           baselines=baselines)
+                           baselines=baselines, strength=args.strength)
     if args.update_manifest:
         from .config import load_preset
         from .models.loading import find_weights
@@ -255,7 +267,7 @@ def _eval(args: argparse.Namespace) -> int:
 
         weights = find_weights(load_preset(args.preset), args.weights)
         manifest = json.loads(manifest_path(weights).read_text())
-        manifest["bpp_per_rate"] = {row["rate"]: row["bpp"] for row in table["rows"] if row["method"] == args.preset}
+        manifest["bpp_per_rate"] = {row["rate"]: row["bpp"] for row in table["rows"] if row["method"] == table["summary"]["method"]}
         manifest["bpp_measured_on"] = f"{args.split} split of {args.data} ({table['summary']['images']} images), `magc eval`"
         manifest_path(weights).write_text(json.dumps(manifest, indent=1))
     print(json.dumps(table["summary"], indent=1))

@@ -143,8 +143,11 @@ def run_evaluation(
     data_dir: Path, split: str, out_dir: Path, preset: str = "lite", rates: list[int] | None = None,
     device: str = "auto", weights: str | None = None, segmentation: str | None = None,
     limit: int | None = None, quiet: bool = False, baselines: tuple[str, ...] = ("jp2", "webp", "jpeg"),
+    strength: float | None = None,
 ) -> dict:
+    """``strength`` decodes with another sampler strength than the preset's (0: z~ directly)."""
     items = load_index(data_dir, split)[:limit]
+    method = preset if strength is None else f"{preset} (strength {strength:g})"
     loaded = load_codec(preset, weights, device)
     rates = list(range(len(loaded.preset.rates))) if rates is None else rates
     scorers = Scorers(FeatureEmbedder(), PerceptualMetrics(), load_segmenter(segmentation))
@@ -168,8 +171,8 @@ def run_evaluation(
                 report = encode_raster(original, coded, maps, codec=loaded, rate=rate)
                 codec_bpps.append(report.bpp)
                 start = time.perf_counter()
-                decode_raster(coded, decoded, maps, codec=loaded)
-                acc = get(preset, str(rate))
+                decode_raster(coded, decoded, maps, codec=loaded, strength=strength)
+                acc = get(method, str(rate))
                 acc.encode_seconds += report.seconds
                 acc.decode_seconds += time.perf_counter() - start
                 _record(acc, original, decoded, report.file_bytes, labels, scorers, original_patches)
@@ -188,7 +191,7 @@ def run_evaluation(
     reference_features, reference_inception = _stack(reference.features), _stack(reference.inception)  # once, for every row
     rows = [acc.row(reference_features, reference_inception, scorers.perceptual) for acc in accs.values()]
     summary = {
-        "preset": preset, "split": split, "images": len(items),
+        "preset": preset, "method": method, "split": split, "images": len(items),
         "segmentation_miou_on_originals": miou_from_confusion(reference.confusion) if reference.confusion.sum() else "unavailable",
         "rows": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items() if k in ("method", "rate", "bpp", "psnr", "ms_ssim", "miou", "fd_effnet")} for row in rows],
     }

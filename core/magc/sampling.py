@@ -67,7 +67,10 @@ def sample(
     noise: NoiseFn,
     eta: float | None = None,
 ) -> torch.Tensor:
-    """Run the loop; ``start`` is z~ (used when strength < 1), ``noise(i)`` the i-th noise draw."""
+    """Run the loop; ``start`` is z~ (used when strength < 1), ``noise(i)`` the i-th noise draw.
+    Strength 0 moves nothing: z~ is the result."""
+    if cfg.strength <= 0.0:
+        return start
     schedule = make_schedule(cfg)
     alphas = schedule.alphas_cumprod.to(torch.float64)
     steps = sampling_timesteps(cfg)

@@ -6,6 +6,7 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
 )
@@ -22,8 +23,9 @@ class DecodeFileAlgorithm(MagcAlgorithm):
     DISPLAY = "Decode file"
     HELP = ("Reconstructs a GeoTIFF (same size, bands, data type, georeferencing and nodata as the original) from a "
             ".magc file. Give the map layers and class assignments used when compressing, unless the map was "
-            "stored in the file; a different map is refused unless you allow it.")
-    INPUT, OUTPUT, STYLE_LAYER, IGNORE = "INPUT", "OUTPUT", "STYLE_LAYER", "IGNORE_MAP_MISMATCH"
+            "stored in the file; a different map is refused unless you allow it. Sampling strength (advanced): "
+            "empty uses the model's; 0 decodes without the diffusion model (fastest); 1 generates from pure noise.")
+    INPUT, OUTPUT, STYLE_LAYER, IGNORE, STRENGTH = "INPUT", "OUTPUT", "STYLE_LAYER", "IGNORE_MAP_MISMATCH", "STRENGTH"
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(self.INPUT, "MAGC file", fileFilter="MAGC files (*.magc)"))
@@ -33,7 +35,9 @@ class DecodeFileAlgorithm(MagcAlgorithm):
                                                defaultValue=False)
         style = QgsProcessingParameterRasterLayer(self.STYLE_LAYER, "Copy the style of this layer (the original)",
                                                   optional=True)
-        for parameter in (ignore, style):
+        strength = QgsProcessingParameterNumber(self.STRENGTH, "Sampling strength (empty: the model's)",
+                                                QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=1.0)
+        for parameter in (ignore, style, strength):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Reconstruction"))
@@ -46,6 +50,8 @@ class DecodeFileAlgorithm(MagcAlgorithm):
         self.output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         self.options = params.model_options(self, parameters, context)
         self.ignore = self.parameterAsBool(parameters, self.IGNORE, context)
+        given = parameters.get(self.STRENGTH)
+        self.strength = None if given is None or given == "" else self.parameterAsDouble(parameters, self.STRENGTH, context)
         self.style_xml = style_of(self.parameterAsRasterLayer(parameters, self.STYLE_LAYER, context))
         return True
 
@@ -59,8 +65,9 @@ class DecodeFileAlgorithm(MagcAlgorithm):
         options = {**self.options, "allow_untrained": True}
         with codec_for(options, feedback, header["preset"]) as loaded, library_call(feedback, "Decoding"):
             report = decode_raster(self.input, self.output, self.maps, codec=loaded, ignore_map_mismatch=self.ignore,
-                                   **FeedbackBridge(feedback).callbacks())
+                                   strength=self.strength, **FeedbackBridge(feedback).callbacks())
         self.report(feedback, {"Written": report.output, "Size": f"{report.width} x {report.height}",
-                               "Map checked": report.map_checked, "Time": f"{report.seconds:.1f} s"})
+                               "Map checked": report.map_checked, "Sampling strength": report.strength,
+                               "Time": f"{report.seconds:.1f} s"})
         ResultStyler.attach(context, self.output, self.style_xml)
         return {self.OUTPUT: report.output}

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PresetConfig
+from ..config import PresetConfig, SamplerConfig
 from ..sampling import NoiseFn, sample
 from .autoencoder import build_autoencoder
 from .denoiser import ConditionalDenoiser
@@ -94,9 +94,9 @@ class MagcCodec(nn.Module):
         sems = self.lcm.map_encoder(map_input)
         return self.lcm.synthesis(y_hat.to(map_input.dtype), sems)
 
-    def generate(self, z_tilde: torch.Tensor, map_input: torch.Tensor, noise: NoiseFn) -> torch.Tensor:
-        """ẑ0 by sampling the conditional denoiser."""
-        cfg = self.preset.sampler
+    def generate(self, z_tilde: torch.Tensor, map_input: torch.Tensor, noise: NoiseFn, sampler: SamplerConfig | None = None) -> torch.Tensor:
+        """ẑ0 by sampling the conditional denoiser (with the preset's sampler unless given)."""
+        cfg = sampler or self.preset.sampler
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.denoiser(x, t, z_tilde, map_input)

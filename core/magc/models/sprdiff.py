@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from compressai.layers import GDN
 from torch import nn
 
-from ..config import PresetConfig
+from ..config import PresetConfig, SamplerConfig
 from ..perception import FEATURE_WIDTHS, efficientnet_lite0, pyramid
 from ..sampling import NoiseFn, sample
 from .autoencoder import build_autoencoder
@@ -167,13 +167,16 @@ class SprdiffCodec(nn.Module):
                 return self.unet(sample_in, t, encoder_hidden_states=self.context.expand(z_t.shape[0], -1, -1)).sample
             return self.unet(sample_in, t).sample
 
-    def generate(self, z_tilde: torch.Tensor, map_input: torch.Tensor, noise: NoiseFn) -> torch.Tensor:
+    def generate(self, z_tilde: torch.Tensor, map_input: torch.Tensor, noise: NoiseFn, sampler: SamplerConfig | None = None) -> torch.Tensor:
+        cfg = sampler or self.preset.sampler
+        if cfg.strength <= 0.0:  # z~ itself: no DARM conditions needed
+            return z_tilde
         _, semantic, pixel = self.conditions(z_tilde)
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.denoise(x, t, z_tilde, pixel, semantic)
 
-        return sample(denoise, self.preset.sampler, self.preset.denoiser.prediction_type, z_tilde, noise)
+        return sample(denoise, cfg, self.preset.denoiser.prediction_type, z_tilde, noise)
 
     def reconstruct(self, z0_hat: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode(z0_hat).clamp(-1, 1)
