@@ -52,7 +52,6 @@ def _add_map_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-
 def _add_strength_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strength", type=float, metavar="S",

@@ -10,9 +10,9 @@ with the neighbours' latents -> sampling -> blended GeoTIFF windows.
 from __future__ import annotations
 
 import io
+import math
 import time
 import zlib
-import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
