@@ -95,7 +95,8 @@ class SamplerConfig:
     """Which diffusers scheduler samples, with how many steps, from which noise level.
 
     ``strength`` 1.0 starts from pure noise (official); below 1.0 starts from z~ noised to
-    that fraction of the schedule; 0.0 returns z~ itself (no denoiser evaluation). ``timesteps`` fixes the exact respaced steps when given.
+    that fraction of the schedule; 0.0 returns z~ itself (no denoiser evaluation).
+    ``timesteps`` fixes the exact respaced steps when given.
     ``eta`` 1.0 is ancestral DDPM ("fixed_small" variance), 0.0 deterministic DDIM.
     """
 

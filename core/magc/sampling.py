@@ -59,6 +59,11 @@ def predict_x0_eps(output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Ten
     return x0, eps
 
 
+def evaluates_denoiser(cfg: SamplerConfig) -> bool:
+    """Whether sampling runs the denoiser at all: at strength 0 the guide z~ is the result."""
+    return cfg.strength > 0.0
+
+
 def sample(
     denoise: Denoise,
     cfg: SamplerConfig,
@@ -69,7 +74,7 @@ def sample(
 ) -> torch.Tensor:
     """Run the loop; ``start`` is z~ (used when strength < 1), ``noise(i)`` the i-th noise draw.
     Strength 0 moves nothing: z~ is the result."""
-    if cfg.strength <= 0.0:
+    if not evaluates_denoiser(cfg):
         return start
     schedule = make_schedule(cfg)
     alphas = schedule.alphas_cumprod.to(torch.float64)

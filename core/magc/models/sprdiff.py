@@ -32,7 +32,7 @@ from torch import nn
 
 from ..config import PresetConfig, SamplerConfig
 from ..perception import FEATURE_WIDTHS, efficientnet_lite0, pyramid
-from ..sampling import NoiseFn, sample
+from ..sampling import NoiseFn, evaluates_denoiser, sample
 from .autoencoder import build_autoencoder
 from .denoiser import build_unet, injected_features
 from .layers import LiteResBlock
@@ -169,7 +169,7 @@ class SprdiffCodec(nn.Module):
 
     def generate(self, z_tilde: torch.Tensor, map_input: torch.Tensor, noise: NoiseFn, sampler: SamplerConfig | None = None) -> torch.Tensor:
         cfg = sampler or self.preset.sampler
-        if cfg.strength <= 0.0:  # z~ itself: no DARM conditions needed
+        if not evaluates_denoiser(cfg):  # z~ itself: no DARM conditions needed
             return z_tilde
         _, semantic, pixel = self.conditions(z_tilde)
 
