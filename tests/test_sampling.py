@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from magc.config import SamplerConfig, load_preset
-from magc.sampling import make_schedule, predict_x0_eps, sample, sampling_timesteps
+from magc.sampling import make_schedule, output_for_x0, predict_x0_eps, sample, sampling_timesteps
+from magc.train.magc_stages import decode_path_inputs
 
 
 def test_official_respaced_timesteps() -> None:
@@ -49,6 +50,37 @@ def test_prediction_types_invert(kind: str) -> None:
     output = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[kind]
     got_x0, got_eps = predict_x0_eps(output, x_t, a, kind)
     assert torch.allclose(got_x0, x0, atol=1e-5) and torch.allclose(got_eps, eps, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
+def test_training_target_is_the_output_that_gives_x0(kind: str) -> None:
+    """Also for inputs not made from x0 (the decode path of stage 2): the target recovers x0."""
+    torch.manual_seed(0)
+    x0, x_t, a = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor(0.4)
+    got_x0, _ = predict_x0_eps(output_for_x0(kind, x0, x_t, a), x_t, a, kind)
+    assert torch.allclose(got_x0, x0, atol=1e-5)
+
+
+def test_stage2_decode_path_inputs_are_what_decoding_feeds_the_denoiser() -> None:
+    """Each (t, z_t) drawn for stage 2 is one the sampler really passed to the denoiser when
+    decoding from z~, at one of the sampler's timesteps, sample by sample."""
+    cfg = load_preset("lite").sampler
+    torch.manual_seed(0)
+    guide = torch.randn(6, 8, 4, 4)
+    seen: dict[int, torch.Tensor] = {}
+
+    def shrink(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen[int(t[0])] = x.clone()
+        return 0.5 * x
+
+    t, z_t = decode_path_inputs(shrink, cfg, "sample", guide)
+    assert sorted(seen) == sorted(sampling_timesteps(cfg)) and len(seen) >= 2
+    for b in range(guide.shape[0]):
+        assert int(t[b]) in seen and torch.equal(z_t[b], seen[int(t[b])][b])
+    first = max(seen)
+    a = make_schedule(cfg).alphas_cumprod[first]
+    noise = (seen[first] - a.sqrt() * guide) / (1 - a).sqrt()  # the first input is re-noised z~
+    assert 0.8 < float(noise.std()) < 1.2 and abs(float(noise.mean())) < 0.2
 
 
 def test_perfect_denoiser_recovers_the_target_in_few_steps() -> None:

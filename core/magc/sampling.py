@@ -19,6 +19,7 @@ from .config import SamplerConfig
 
 NoiseFn = Callable[[int], torch.Tensor]
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Visit = Callable[[int, torch.Tensor], None]
 
 
 def make_schedule(cfg: SamplerConfig):
@@ -59,6 +60,19 @@ def predict_x0_eps(output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Ten
     return x0, eps
 
 
+def output_for_x0(prediction_type: str, x0: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The network output from which ``predict_x0_eps`` recovers ``x0`` at ``x_t`` (the
+    training target; for x_t = √ᾱ·x0 + √(1−ᾱ)·n it is x0, n or v as usual)."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "epsilon":
+        return (x_t - a * x0) / s
+    if prediction_type == "v_prediction":
+        return (a * x_t - x0) / s
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
+
+
 def evaluates_denoiser(cfg: SamplerConfig) -> bool:
     """Whether sampling runs the denoiser at all: at strength 0 the guide z~ is the result."""
     return cfg.strength > 0.0
@@ -71,9 +85,11 @@ def sample(
     start: torch.Tensor,
     noise: NoiseFn,
     eta: float | None = None,
+    visit: Visit | None = None,
 ) -> torch.Tensor:
     """Run the loop; ``start`` is z~ (used when strength < 1), ``noise(i)`` the i-th noise draw.
-    Strength 0 moves nothing: z~ is the result."""
+    Strength 0 moves nothing: z~ is the result. ``visit(t, x_t)`` sees each denoiser input
+    (training uses it to learn on the inputs that decoding really builds)."""
     if not evaluates_denoiser(cfg):
         return start
     schedule = make_schedule(cfg)
@@ -88,6 +104,8 @@ def sample(
     else:
         x = first_noise
     for i, t in enumerate(steps):
+        if visit is not None:
+            visit(t, x)
         t_tensor = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         output = denoise(x, t_tensor)
         a_t = alphas[t].to(x.dtype)
