@@ -38,6 +38,7 @@ ALPHA_MSE = 10.0
 BETA_AE = 1.0
 GAMMA_LATENT = 0.1
 DECODE_PATH_FRACTION = 2  # stage 2: 1/2 of each batch learns on the denoiser inputs that decoding builds from z~
+PATH_DISTORTION_WEIGHT = 1.0  # ... and its decoded prediction is judged by stage 1's D, not only by latent MSE
 
 
 def distortion(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -191,13 +192,19 @@ def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
             a = alphas[t].view(-1, 1, 1, 1)
         pred = codec.denoiser(z_t, t, z_tilde, map_input)
         loss = F.mse_loss(pred, output_for_x0(prediction, z0, z_t, a))
+        logs = {"ztilde_mse": F.mse_loss(z_tilde, z0).item(), "scale": scale}
+        if n_path:  # the decoded image of the path half, judged like stage 1 judges z~'s
+            x0_path = predict_x0_eps(pred[:n_path], z_t[:n_path], a[:n_path], prediction)[0]
+            d_path, ms_path, _ = distortion(codec.autoencoder.decode(x0_path), x[:n_path])
+            loss = loss + PATH_DISTORTION_WEIGHT * d_path
+            with torch.no_grad():
+                ms_guide = distortion(codec.autoencoder.decode(z_tilde[:n_path]), x[:n_path])[1]
+            logs.update(msssim_path=1 - ms_path.item(), msssim_ztilde=1 - ms_guide.item())
         optimizers["main"].zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(codec.denoiser.parameters(), 1.0)
         optimizers["main"].step()
-        logs = {"loss": loss.item(), "ztilde_mse": F.mse_loss(z_tilde, z0).item(), "scale": scale}
-        if n_path:  # what decoding gets from this step, against z~ itself (ztilde_mse)
-            logs["path_mse"] = F.mse_loss(predict_x0_eps(pred[:n_path], z_t[:n_path], a[:n_path], prediction)[0], z0[:n_path]).item()
+        logs["loss"] = loss.item()
         return logs
 
     modules = {"denoiser": codec.denoiser, "autoencoder": codec.autoencoder, "lcm": codec.lcm}
