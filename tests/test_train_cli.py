@@ -62,3 +62,35 @@ def test_training_goes_on_from_trained_weights_without_the_run_folder(data_dir: 
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # started from the weights, stage 2 froze them
     assert any(not torch.equal(before[k], after[k]) for k in trained)  # and trained the denoiser further
     assert main(common + ["--run", str(tmp_path / "d"), "--init", str(tmp_path / "none.safetensors")]) != 0
+
+
+def test_lite_stage2_learns_on_the_decode_path(tmp_path: Path) -> None:
+    """Where decoding starts from re-noised z~ (strength < 1), stage 2 trains half of each batch
+    on the sampler's own path and logs the decoded MS-SSIM of that half beside z~'s; the
+    autoencoder and the LCM stay frozen."""
+    import dataclasses
+
+    import numpy as np
+
+    from magc.config import load_preset
+    from magc.models.loading import build_codec
+    from magc.train.data import CropSampler, Scene
+    from magc.train.loop import LoopConfig
+    from magc.train.magc_stages import train_stage2
+
+    torch.manual_seed(0)
+    preset = load_preset("tiny-lite")
+    preset = dataclasses.replace(preset, sampler=dataclasses.replace(preset.sampler, strength=0.6))
+    codec = build_codec(preset)
+    codec.autoencoder.scaling_factor.fill_(2.0)  # as if scaled already: stage 2 then keeps every stage-1 weight
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (3, 200, 200)).astype(np.uint8)
+    scenes = [Scene("a", image, rng.integers(0, 5, (200, 200)).astype(np.uint8), np.zeros((200, 200), np.uint8))]
+    frozen = {k: v.clone() for k, v in codec.state_dict().items() if k.startswith(("autoencoder.encoder", "autoencoder.decoder", "lcm."))}
+    denoiser_before = {k: v.clone() for k, v in codec.denoiser.state_dict().items()}
+    train_stage2(codec, CropSampler(scenes, 192), tmp_path, LoopConfig(2, 1e-3, warmup=1), batch=4)
+    logs = [json.loads(line) for line in (tmp_path / "stage2.log.jsonl").read_text().splitlines()]
+    assert logs and all(0.0 < entry["msssim_path"] <= 1.0 and 0.0 < entry["msssim_ztilde"] <= 1.0 for entry in logs)
+    state = codec.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(codec.denoiser.state_dict()[k], v) for k, v in denoiser_before.items())

@@ -15,8 +15,16 @@ travel far (with compressai's defaults the hyper-latent still cost ~5 bits per s
 
 Stage 2 (conditional denoiser, autoencoder and LCM frozen): the latent is first scaled to
 unit variance (the scale is folded into the convolutions before and after it, so stage 1's
-function is unchanged); then the usual diffusion loss on the preset's prediction type,
-with timesteps half uniform, half the ones the sampler will use.
+function is unchanged). Half of each batch takes the usual diffusion loss on the preset's
+prediction type (z_t made from z0, timesteps half uniform, half the sampler's). The other
+half learns on what decoding really feeds the denoiser, when the sampler starts from z~
+(strength < 1): the states of the sampler's own path from re-noised z~, with the target z0
+
+    loss_path = ‖pred − output_for_x0(z0)‖² + D(AE.dec(x̂0), x)
+
+where x̂0 is the prediction as a clean latent and D is stage 1's distortion. Without it the
+denoiser read the re-noised z~ as if it came from z0, and its latent-MSE output decoded
+smoother than z~ itself (see the README's sampling section).
 """
 from __future__ import annotations
 
