@@ -44,8 +44,9 @@ def test_train_export_and_use(preset: str, data_dir: Path, tmp_path: Path) -> No
 
 
 def test_training_goes_on_from_trained_weights_without_the_run_folder(data_dir: Path, tmp_path: Path) -> None:
-    """--init: a fresh machine adds stage-2 steps to trained weights; stage 2 without stage 1's
-    checkpoint or --init is a clear error, not a traceback."""
+    """--init: a fresh machine adds stage-2 steps to trained weights, keeping the LCM and its
+    entropy tables (the same bits per rate); stage 2 without stage 1's checkpoint or --init is
+    a clear error, not a traceback."""
     from magc.models.weights import load_state
 
     torch.set_num_threads(2)
@@ -57,7 +58,7 @@ def test_training_goes_on_from_trained_weights_without_the_run_folder(data_dir: 
                           "--export", str(second)]) == 0
     assert json.loads(second.with_name("second.manifest.json").read_text())["started_from"] == str(first)
     before, after = load_state(first), load_state(second)
-    frozen = [k for k in before if k.startswith(("autoencoder.encoder.", "autoencoder.decoder."))]
+    frozen = [k for k in before if k.startswith(("autoencoder.encoder.", "autoencoder.decoder.", "lcm."))]  # entropy tables too
     trained = [k for k in before if k.startswith("denoiser.")]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # started from the weights, stage 2 froze them
     assert any(not torch.equal(before[k], after[k]) for k in trained)  # and trained the denoiser further

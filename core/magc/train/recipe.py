@@ -70,8 +70,12 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         raise UsageError(f"stage 2 starts from stage 1, and {stage1_ckpt} is missing: run stage 1, or give --init WEIGHTS")
     codec = build_codec(preset)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Stage 2 alone on --init weights leaves the LCM as it came, entropy tables included: their
+    # rebuild is not idempotent, and would change the bits and the measured bpp per rate.
+    tables_from_init = init is not None and 1 not in stages and not stage1_ckpt.exists()
     (run_dir / "recipe.json").write_text(json.dumps({"preset": preset_name, "recipe": recipe.__dict__, "device": "cpu", "argv": sys.argv,
-                                                      "init": str(init) if init else None}, indent=1))
+                                                      "init": str(init) if init else None, "entropy_tables_from_init": tables_from_init},
+                                                     indent=1))
     if preset.method == "sprdiff":
         from .sprdiff_stages import load_vae, train_stage1 as stage1_fn, train_stage2 as stage2_fn
 
@@ -99,10 +103,11 @@ def export(codec: torch.nn.Module, preset: PresetConfig, path: Path, source: str
     (preset, command, data, steps per stage, device, sha256; measured bpp per rate is added
     by ``magc eval --update-manifest``)."""
     codec.eval()
-    for eb in codec.lcm.entropy_bottlenecks:
-        eb.update(force=True, update_quantiles=True)  # exact tails, whatever the aux loss reached
-    codec.lcm.gaussian_conditional.update()
     recipe = json.loads((run_dir / "recipe.json").read_text()) if run_dir and (run_dir / "recipe.json").exists() else {}
+    if not recipe.get("entropy_tables_from_init"):
+        for eb in codec.lcm.entropy_bottlenecks:
+            eb.update(force=True, update_quantiles=True)  # exact tails, whatever the aux loss reached
+        codec.lcm.gaussian_conditional.update()
     training = {"command": source, "data": "dubai-aerial tiles 1-5 (training); tiles 6-7 held out for evaluation",
                 "recipe": recipe.get("recipe"), "device": recipe.get("device", "cpu"),
                 **({"started_from": recipe["init"]} if recipe.get("init") else {})}
