@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 
+from ..config import SamplerConfig
 from ..models.codec import MagcCodec, class_fractions
 from ..models.sprdiff import SprdiffCodec
-from ..config import SamplerConfig
-from ..sampling import Denoise, make_schedule, output_for_x0, predict_x0_eps, sample, sampling_timesteps
+from ..sampling import Denoise, evaluates_denoiser, make_schedule, output_for_x0, predict_x0_eps, sample, sampling_timesteps
 from .data import CropSampler
 from .loop import LoopConfig, run_loop
 
@@ -145,10 +145,6 @@ def fit_latent_scale(codec: MagcCodec | SprdiffCodec, sampler: CropSampler, batc
     return scale
 
 
-def diffusion_target(prediction_type: str, z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    return output_for_x0(prediction_type, z0, alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * noise, alpha_bar)
-
-
 def decode_path_inputs(denoise: Denoise, sampler: SamplerConfig, prediction_type: str, z_tilde: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, z_t) per sample, drawn from the states the sampler visits when it decodes z~.
 
@@ -178,7 +174,7 @@ def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
     classes = codec.preset.map.num_classes
     rng = np.random.default_rng(seed)
     prediction = codec.preset.denoiser.prediction_type
-    sampling_from_guide = codec.preset.sampler.strength < 1.0
+    sampling_from_guide = evaluates_denoiser(codec.preset.sampler) and codec.preset.sampler.strength < 1.0
 
     def step(i: int) -> dict[str, float]:
         k = int(rng.integers(len(codec.preset.rates)))

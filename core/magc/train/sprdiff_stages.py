@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from ..models.sprdiff import SprdiffCodec
 from ..models.weights import load_state
-from ..sampling import make_schedule, sampling_timesteps
+from ..sampling import make_schedule, output_for_x0, sampling_timesteps
 from .data import CropSampler
 from .loop import LoopConfig, run_loop
-from .magc_stages import (DENSITY_LR_FACTOR, GAIN_LR_FACTOR, GAMMA_LATENT, bits_per_pixel, diffusion_target, distortion,
+from .magc_stages import (DENSITY_LR_FACTOR, GAIN_LR_FACTOR, GAMMA_LATENT, bits_per_pixel, distortion,
                           fit_latent_scale, rate_distortion_step)
 
 DEFAULT_VAE = Path(__file__).resolve().parents[3] / "resources" / "weights" / "lite.safetensors"
@@ -94,9 +94,9 @@ def train_stage2(codec: SprdiffCodec, sampler: CropSampler, run_dir: Path, cfg: 
         t = torch.randint(0, len(alphas), (batch,))
         t = torch.where(torch.rand(batch) < 0.5, inference_steps[torch.randint(0, len(inference_steps), (batch,))], t)
         a = alphas[t].view(-1, 1, 1, 1)
-        noise = torch.randn_like(z0)
-        pred = codec.denoise(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, z_tilde, pixel, semantic)
-        loss = F.mse_loss(pred, diffusion_target(prediction, z0, noise, a))
+        z_t = a.sqrt() * z0 + (1 - a).sqrt() * torch.randn_like(z0)
+        pred = codec.denoise(z_t, t, z_tilde, pixel, semantic)
+        loss = F.mse_loss(pred, output_for_x0(prediction, z0, z_t, a))
         optimizers["main"].zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
