@@ -92,6 +92,8 @@ def test_successful_encode_reports_device_and_bpp(workdir: Path) -> None:
         (["decode", "{d}/good.magc", "-o", "{d}/x.tif"], ["map"]),
         (["decode", "{d}/good.magc", "-o", "{d}/x.tif", "--map", "{d}/buildings.gpkg", "--strength", "1.5"], ["strength", "between 0 and 1"]),
         (["info", "{d}/notes.txt"], ["not a magc file"]),
+        (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--steps", "5"], ["STAGE1,STAGE2[,CRITIC]"]),
+        (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--steps", "5,x"], ["--steps"]),
     ],
 )
 def test_bad_input_gives_one_line_and_status_2(workdir: Path, args: list[str], needles: list[str]) -> None:

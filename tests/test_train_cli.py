@@ -67,8 +67,8 @@ def test_training_goes_on_from_trained_weights_without_the_run_folder(data_dir: 
 
 def test_lite_stage2_learns_on_the_decode_path(tmp_path: Path) -> None:
     """Where decoding starts from re-noised z~ (strength < 1), stage 2 trains half of each batch
-    on the sampler's own path and logs the decoded MS-SSIM of that half beside z~'s; the
-    autoencoder and the LCM stay frozen."""
+    on the sampler's own path and logs the decoded MS-SSIM of that half beside z~'s, and the
+    semantic critic's verdict on it; the autoencoder, the LCM and the critic stay frozen."""
     import dataclasses
 
     import numpy as np
@@ -76,6 +76,7 @@ def test_lite_stage2_learns_on_the_decode_path(tmp_path: Path) -> None:
     from magc.config import load_preset
     from magc.models.loading import build_codec
     from magc.train.data import CropSampler, Scene
+    from magc.train.critic import SemanticCritic
     from magc.train.loop import LoopConfig
     from magc.train.magc_stages import train_stage2
 
@@ -89,9 +90,39 @@ def test_lite_stage2_learns_on_the_decode_path(tmp_path: Path) -> None:
     scenes = [Scene("a", image, rng.integers(0, 5, (200, 200)).astype(np.uint8), np.zeros((200, 200), np.uint8))]
     frozen = {k: v.clone() for k, v in codec.state_dict().items() if k.startswith(("autoencoder.encoder", "autoencoder.decoder", "lcm."))}
     denoiser_before = {k: v.clone() for k, v in codec.denoiser.state_dict().items()}
-    train_stage2(codec, CropSampler(scenes, 192), tmp_path, LoopConfig(2, 1e-3, warmup=1), batch=4)
+    critic = SemanticCritic(5).eval().requires_grad_(False)
+    critic_before = {k: v.clone() for k, v in critic.state_dict().items()}
+    train_stage2(codec, CropSampler(scenes, 192), tmp_path, LoopConfig(2, 1e-3, warmup=1), batch=4, critic=critic)
     logs = [json.loads(line) for line in (tmp_path / "stage2.log.jsonl").read_text().splitlines()]
     assert logs and all(0.0 < entry["msssim_path"] <= 1.0 and 0.0 < entry["msssim_ztilde"] <= 1.0 for entry in logs)
+    assert all(entry["critic_ce_path"] > 0.0 and 0.0 <= entry["critic_accuracy_path"] <= 1.0 for entry in logs)
     state = codec.state_dict()
     assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert all(torch.equal(critic.state_dict()[k], v) for k, v in critic_before.items())  # a judge, not trained here
     assert any(not torch.equal(codec.denoiser.state_dict()[k], v) for k, v in denoiser_before.items())
+
+
+def test_semantic_critic_learns_classes_from_their_look(tmp_path: Path) -> None:
+    """The critic trains from scratch on originals and labels (unlabelled pixels ignored): on a
+    scene where each class has its own colour and texture it must segment fresh crops, and a
+    second call with the same run folder resumes the finished run instead of training again."""
+    import numpy as np
+
+    from magc.train.critic import critic_loss, train_critic
+    from magc.train.data import IGNORE, CropSampler, Scene
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 5, (12, 12))
+    labels = np.kron(blocks, np.ones((16, 16), np.int64)).astype(np.uint8)
+    colours = np.array([[120, 110, 90], [200, 200, 210], [70, 70, 75], [30, 60, 140], [40, 130, 50]], np.float64)
+    image = colours[labels].transpose(2, 0, 1) + rng.normal(0, 12, (3, 192, 192))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    labels[:8] = IGNORE
+    scenes = [Scene("s", image, labels, labels)]
+    critic = train_critic(CropSampler(scenes, 64, seed=1), tmp_path, 5, steps=150, batch=4, lr=3e-3)
+    x, _, y = CropSampler(scenes, 64, seed=99).batch(8)
+    with torch.no_grad():
+        loss, accuracy = critic_loss(critic, x, y)
+    assert accuracy > 0.9 and not any(p.requires_grad for p in critic.parameters())
+    again = train_critic(CropSampler(scenes, 64, seed=1), tmp_path, 5, steps=150, batch=4, lr=3e-3)
+    assert all(torch.equal(a, b) for a, b in zip(critic.state_dict().values(), again.state_dict().values()))

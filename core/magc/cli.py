@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--export", help="write the trained weights here (safetensors)")
     tr.add_argument("--vae-weights", help="SPRDiff presets: trained lite weights whose autoencoder is the frozen VAE "
                                            "(default resources/weights/lite.safetensors)")
-    tr.add_argument("--steps", help="STAGE1,STAGE2 steps instead of the recipe's (e.g. for a quick trial)")
+    tr.add_argument("--steps", help="STAGE1,STAGE2[,CRITIC] steps instead of the recipe's (e.g. for a quick trial; CRITIC 0: no semantic critic)")
     tr.add_argument("--init", help="lite-size presets: start from these trained weights of the same preset (fresh optimiser), "
                                    "e.g. to add steps to the shipped weights where the run folder is gone")
     tr.add_argument("--device", default="auto", help="device of the SD-size recipe (the lite-size presets train on the CPU)")
@@ -212,22 +212,34 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step_counts(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        steps = []
+    if len(steps) not in (2, 3) or min(steps) < 0:
+        raise UsageError(f"--steps wants STAGE1,STAGE2[,CRITIC] as counts ≥ 0, got {text!r}")
+    return steps
+
+
 def _train(args: argparse.Namespace) -> int:
     from .config import load_preset
     from .train.recipe import Recipe, export, train
 
     run = Path(args.run or f"runs/{args.preset}")
     stages = tuple(int(s) for s in args.stages.split(","))
-    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    steps = _step_counts(args.steps) if args.steps else None
     if load_preset(args.preset).autoencoder.kind == "sd-vae":  # the GPU recipe (accelerate)
         from .train.sd_stages import SDRecipe, train_sd_preset
 
         if args.init:
             raise UsageError("--init is for the lite-size presets; the SD-size recipe resumes from its run folder")
+        if steps and len(steps) > 2:
+            raise UsageError("the SD-size recipe has no semantic critic: --steps STAGE1,STAGE2")
         recipe = SDRecipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1], "warmup": min(steps)} if steps else {}))
         codec = train_sd_preset(args.preset, Path(args.data), run, args.sd_weights, stages, recipe, device=args.device)
     else:
-        overrides = {"stage1_steps": steps[0], "stage2_steps": steps[1]} if steps else {}
+        overrides = dict(zip(("stage1_steps", "stage2_steps", "critic_steps"), steps)) if steps else {}
         recipe = Recipe(**overrides, **({"vae_weights": args.vae_weights} if args.vae_weights else {}))
         codec = train(args.preset, Path(args.data), run, recipe, stages, init=Path(args.init) if args.init else None)
     if args.export:

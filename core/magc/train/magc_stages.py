@@ -24,7 +24,13 @@ half learns on what decoding really feeds the denoiser, when the sampler starts 
 
 where x̂0 is the prediction as a clean latent and D is stage 1's distortion. Without it the
 denoiser read the re-noised z~ as if it came from z0, and its latent-MSE output decoded
-smoother than z~ itself (see the README's sampling section).
+smoother than z~ itself (see the README's sampling section). Given a semantic critic (an
+independent segmenter, ``critic``), the path half also takes
+
+    + SEMANTIC_WEIGHT · CE(critic(AE.dec(x̂0)), labels)
+
+so the map, known at the decoder, is rendered as the classes look: neither loss above asks
+for that, and without it the adapter took mIoU away.
 """
 from __future__ import annotations
 
@@ -35,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 
-from ..config import SamplerConfig
+from ..config import PresetConfig, SamplerConfig
 from ..models.codec import MagcCodec, class_fractions
 from ..models.sprdiff import SprdiffCodec
 from ..sampling import Denoise, evaluates_denoiser, make_schedule, output_for_x0, predict_x0_eps, sample, sampling_timesteps
+from .critic import critic_loss
 from .data import CropSampler
 from .loop import LoopConfig, run_loop
 
@@ -47,6 +54,7 @@ BETA_AE = 1.0
 GAMMA_LATENT = 0.1
 DECODE_PATH_FRACTION = 2  # stage 2: 1/2 of each batch learns on the denoiser inputs that decoding builds from z~
 PATH_DISTORTION_WEIGHT = 1.0  # ... and its decoded prediction is judged by stage 1's D, not only by latent MSE
+SEMANTIC_WEIGHT = 0.25  # ... and, with a critic, by the classes an independent segmenter sees in it
 
 
 def distortion(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,7 +169,13 @@ def decode_path_inputs(denoise: Denoise, sampler: SamplerConfig, prediction_type
     return t, z_t
 
 
-def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int, seed: int = 0) -> None:
+def uses_decode_path(preset: PresetConfig) -> bool:
+    """Whether decoding starts from re-noised z~, so that stage 2 trains on that path."""
+    return evaluates_denoiser(preset.sampler) and preset.sampler.strength < 1.0
+
+
+def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int, seed: int = 0,
+                 critic: torch.nn.Module | None = None) -> None:
     scale = fit_latent_scale(codec, sampler)
     codec.autoencoder.requires_grad_(False).eval()
     codec.lcm.requires_grad_(False).eval()
@@ -174,11 +188,11 @@ def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
     classes = codec.preset.map.num_classes
     rng = np.random.default_rng(seed)
     prediction = codec.preset.denoiser.prediction_type
-    sampling_from_guide = evaluates_denoiser(codec.preset.sampler) and codec.preset.sampler.strength < 1.0
+    sampling_from_guide = uses_decode_path(codec.preset)
 
     def step(i: int) -> dict[str, float]:
         k = int(rng.integers(len(codec.preset.rates)))
-        x, maps, _ = sampler.batch(batch)
+        x, maps, labels = sampler.batch(batch)
         map_input = class_fractions(maps, classes)
         with torch.no_grad():
             z0 = codec.autoencoder.encode(x)
@@ -199,11 +213,20 @@ def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
         logs = {"ztilde_mse": F.mse_loss(z_tilde, z0).item(), "scale": scale}
         if n_path:  # the decoded image of the path half, judged like stage 1 judges z~'s
             x0_path = predict_x0_eps(pred[:n_path], z_t[:n_path], a[:n_path], prediction)[0]
-            d_path, ms_path, _ = distortion(codec.autoencoder.decode(x0_path), x[:n_path])
+            decoded_path = codec.autoencoder.decode(x0_path)
+            d_path, ms_path, _ = distortion(decoded_path, x[:n_path])
             loss = loss + PATH_DISTORTION_WEIGHT * d_path
             with torch.no_grad():
-                ms_guide = distortion(codec.autoencoder.decode(z_tilde[:n_path]), x[:n_path])[1]
+                decoded_guide = codec.autoencoder.decode(z_tilde[:n_path])
+                ms_guide = distortion(decoded_guide, x[:n_path])[1]
             logs.update(msssim_path=1 - ms_path.item(), msssim_ztilde=1 - ms_guide.item())
+            if critic is not None:
+                ce_path, accuracy_path = critic_loss(critic, decoded_path, labels[:n_path])
+                loss = loss + SEMANTIC_WEIGHT * ce_path
+                with torch.no_grad():
+                    accuracy_guide = critic_loss(critic, decoded_guide, labels[:n_path])[1]
+                logs.update(critic_ce_path=ce_path.item(), critic_accuracy_path=accuracy_path.item(),
+                            critic_accuracy_ztilde=accuracy_guide.item())
         optimizers["main"].zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(codec.denoiser.parameters(), 1.0)

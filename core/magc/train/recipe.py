@@ -35,6 +35,7 @@ class Recipe:
     stage2_batch: int = 16
     stage2_crop: int = 192
     stage2_lr: float = 5e-4
+    critic_steps: int = 2000  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
     seed: int = 0
     vae_weights: str = "resources/weights/lite.safetensors"  # SPRDiff's frozen VAE
 
@@ -82,6 +83,7 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         load_vae(codec, Path(recipe.vae_weights))
     else:
         from .magc_stages import train_stage1 as stage1_fn, train_stage2 as stage2_fn
+    from .magc_stages import uses_decode_path
     if init is not None:  # after the SPRDiff VAE, which the weights hold too; before the slow scene loading
         _start_from(codec, preset, init)
     scenes = [load_scene(data_dir, item) for item in load_index(data_dir, "train")]
@@ -92,8 +94,14 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         if stage1_ckpt.exists():  # else --init gave the starting point (checked above)
             _load_modules(codec, stage1_ckpt)
         if not _stage_done(stage2_ckpt, recipe.stage2_steps):
+            extra = {}
+            if preset.method == "magc" and recipe.critic_steps > 0 and uses_decode_path(preset):
+                from .critic import train_critic
+
+                critic_sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 2)
+                extra["critic"] = train_critic(critic_sampler, run_dir, preset.map.num_classes, recipe.critic_steps, seed=recipe.seed + 2)
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 1)
-            stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch)
+            stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch, **extra)
         _load_modules(codec, stage2_ckpt)
     return codec
 

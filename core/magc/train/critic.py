@@ -1,0 +1,80 @@
+"""The semantic critic: a small land-cover segmenter that stage 2 learns against.
+
+The map is known at the decoder, so the denoiser can learn to render each class the way it
+looks; the latent and distortion losses alone never ask for that (the adapter took mIoU
+away, measured). A segmentation loss on the decoded image does. It must not be the
+evaluation's own model (``magc.segmentation``): a reconstruction can learn to please one
+network, and mIoU would then measure that. The critic is another architecture (plain
+convolutions, no ImageNet features), trained from scratch on the training tiles' originals
+only, so a gain in the evaluation's mIoU is one that a second, independent model sees too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import IGNORE, CropSampler
+from .loop import LoopConfig, run_loop
+
+CRITIC_WIDTHS = (24, 48, 96, 128)  # at strides 2, 4, 8, 16
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 3, 1, 1), nn.GroupNorm(8, cout), nn.ReLU())
+
+
+class SemanticCritic(nn.Module):
+    """A four-level encoder with a top-down (FPN-style) decoder; about 0.5 M parameters."""
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = CRITIC_WIDTHS) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList(_block(cin, cout, 2) for cin, cout in zip((3,) + widths[:-1], widths))
+        self.lateral = nn.ModuleList(nn.Conv2d(w, widths[0], 1) for w in widths)
+        self.classify = nn.Sequential(nn.Conv2d(widths[0], widths[0], 3, 1, 1), nn.ReLU(), nn.Conv2d(widths[0], num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, classes, H, W) for images (B, 3, H, W) in [0, 1]; H, W divisible by 16."""
+        features, h = [], x * 2 - 1
+        for level in self.levels:
+            h = level(h)
+            features.append(h)
+        top = self.lateral[-1](features[-1])
+        for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1]):
+            top = lateral(feature) + F.interpolate(top, size=feature.shape[2:], mode="bilinear", align_corners=False)
+        return F.interpolate(self.classify(top), size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
+def critic_loss(critic: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, pixel accuracy) of the critic on images in [-1, 1]; unlabelled pixels ignored."""
+    logits = critic((images.clamp(-1, 1) + 1) / 2)
+    target = labels.long()
+    loss = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    keep = target != IGNORE
+    accuracy = (logits.argmax(1) == target)[keep].float().mean() if keep.any() else torch.tensor(0.0)
+    return loss, accuracy
+
+
+def train_critic(sampler: CropSampler, run_dir: Path, num_classes: int, steps: int, batch: int = 8, lr: float = 2e-3,
+                 seed: int = 0) -> SemanticCritic:
+    """Train on originals (resumable, ``critic.ckpt`` in the run folder); returned frozen."""
+    with torch.random.fork_rng():  # the same critic whatever ran before
+        torch.manual_seed(seed)
+        critic = SemanticCritic(num_classes).train()
+    optimizers = {"main": torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=1e-4)}
+
+    def step(i: int) -> dict[str, float]:
+        x, _, labels = sampler.batch(batch)
+        loss, accuracy = critic_loss(critic, x, labels)
+        optimizers["main"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["main"].step()
+        return {"loss": loss.item(), "accuracy": accuracy.item()}
+
+    run_loop("critic", run_dir, LoopConfig(steps, lr, warmup=min(100, steps)), {"critic": critic}, optimizers, step,
+             rng_state=lambda: {"sampler": sampler.rng.bit_generator.state},
+             set_rng_state=lambda s: setattr(sampler.rng.bit_generator, "state", s["sampler"]))
+    return critic.eval().requires_grad_(False)
