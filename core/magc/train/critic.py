@@ -7,9 +7,15 @@ evaluation's own model (``magc.segmentation``): a reconstruction can learn to pl
 network, and mIoU would then measure that. The critic is another architecture (plain
 convolutions, no ImageNet features), trained from scratch on the training tiles' originals
 only, so a gain in the evaluation's mIoU is one that a second, independent model sees too.
+
+The critic sees its input through a fixed Gaussian blur (σ = 2 px), in training and as a
+loss. Without it the denoiser pleased the critic with pixel-scale grid textures and colour
+casts (measured: mIoU up, PSNR down 1.5 dB, visible checkerboards on buildings); through the
+blur its gradient can only ask for changes at the scale of land cover.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -20,6 +26,15 @@ from .data import IGNORE, CropSampler
 from .loop import LoopConfig, run_loop
 
 CRITIC_WIDTHS = (24, 48, 96, 128)  # at strides 2, 4, 8, 16
+BLUR_SIGMA = 2.0  # pixels
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A (3, 1, k, k) depthwise Gaussian kernel, k = 2·⌈2σ⌉ + 1."""
+    radius = math.ceil(2 * sigma)
+    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
+    taps = taps / taps.sum()
+    return (taps[:, None] * taps[None, :]).expand(3, 1, -1, -1).contiguous()
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -30,15 +45,18 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 class SemanticCritic(nn.Module):
     """A four-level encoder with a top-down (FPN-style) decoder; about 0.5 M parameters."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = CRITIC_WIDTHS) -> None:
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = CRITIC_WIDTHS, blur_sigma: float = BLUR_SIGMA) -> None:
         super().__init__()
+        self.register_buffer("blur", gaussian_kernel(blur_sigma), persistent=False)
         self.levels = nn.ModuleList(_block(cin, cout, 2) for cin, cout in zip((3,) + widths[:-1], widths))
         self.lateral = nn.ModuleList(nn.Conv2d(w, widths[0], 1) for w in widths)
         self.classify = nn.Sequential(nn.Conv2d(widths[0], widths[0], 3, 1, 1), nn.ReLU(), nn.Conv2d(widths[0], num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes, H, W) for images (B, 3, H, W) in [0, 1]; H, W divisible by 16."""
-        features, h = [], x * 2 - 1
+        pad = self.blur.shape[-1] // 2
+        blurred = F.conv2d(F.pad(x, (pad,) * 4, mode="reflect"), self.blur, groups=3)
+        features, h = [], blurred * 2 - 1
         for level in self.levels:
             h = level(h)
             features.append(h)

@@ -54,7 +54,7 @@ BETA_AE = 1.0
 GAMMA_LATENT = 0.1
 DECODE_PATH_FRACTION = 2  # stage 2: 1/2 of each batch learns on the denoiser inputs that decoding builds from z~
 PATH_DISTORTION_WEIGHT = 1.0  # ... and its decoded prediction is judged by stage 1's D, not only by latent MSE
-SEMANTIC_WEIGHT = 0.25  # ... and, with a critic, by the classes an independent segmenter sees in it
+SEMANTIC_WEIGHT = 0.1  # ... and, with a critic, by the classes an independent segmenter sees in it
 
 
 def distortion(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
