@@ -126,3 +126,22 @@ def test_semantic_critic_learns_classes_from_their_look(tmp_path: Path) -> None:
     assert accuracy > 0.9 and not any(p.requires_grad for p in critic.parameters())
     again = train_critic(CropSampler(scenes, 64, seed=1), tmp_path, 5, steps=150, batch=4, lr=3e-3)
     assert all(torch.equal(a, b) for a, b in zip(critic.state_dict().values(), again.state_dict().values()))
+
+
+def test_semantic_critic_is_blind_to_pixel_scale_patterns() -> None:
+    """The critic looks through its blur, so a denoiser cannot please it with grid textures
+    (the first trial without the blur did exactly that); land-cover-scale changes still count."""
+    from magc.train.critic import SemanticCritic
+
+    torch.manual_seed(0)
+    critic = SemanticCritic(5).eval()
+    image = torch.rand(1, 3, 64, 64) * 0.5 + 0.25
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    checkerboard = ((yy + xx) % 2 * 2 - 1).float() * 0.2
+    blob = torch.zeros(1, 3, 64, 64)
+    blob[..., 16:48, 16:48] = 0.2
+    with torch.no_grad():
+        base = critic(image)
+        grid_change = (critic(image + checkerboard) - base).abs().max()
+        blob_change = (critic(image + blob) - base).abs().max()
+    assert grid_change < 0.01 * blob_change  # without the blur (or with sigma 0.3) they are of the same size
