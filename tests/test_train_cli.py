@@ -145,3 +145,15 @@ def test_semantic_critic_is_blind_to_pixel_scale_patterns() -> None:
         grid_change = (critic(image + checkerboard) - base).abs().max()
         blob_change = (critic(image + blob) - base).abs().max()
     assert grid_change < 0.01 * blob_change  # without the blur (or with sigma 0.3) they are of the same size
+
+
+def test_semantic_critic_gives_no_verdict_on_unlabelled_crops() -> None:
+    """A batch with every pixel unlabelled (255) must cost nothing, not a NaN that would
+    poison the denoiser's weights."""
+    from magc.train.critic import SemanticCritic, critic_loss
+    from magc.train.data import IGNORE
+
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    loss, accuracy = critic_loss(SemanticCritic(5), images * 2 - 1, torch.full((2, 32, 32), IGNORE, dtype=torch.uint8))
+    loss.backward()
+    assert float(loss) == 0.0 and float(accuracy) == 0.0 and torch.isfinite(images.grad).all()

@@ -70,9 +70,11 @@ def critic_loss(critic: nn.Module, images: torch.Tensor, labels: torch.Tensor) -
     """(cross-entropy, pixel accuracy) of the critic on images in [-1, 1]; unlabelled pixels ignored."""
     logits = critic((images.clamp(-1, 1) + 1) / 2)
     target = labels.long()
-    loss = F.cross_entropy(logits, target, ignore_index=IGNORE)
     keep = target != IGNORE
-    accuracy = (logits.argmax(1) == target)[keep].float().mean() if keep.any() else torch.tensor(0.0)
+    if not keep.any():  # a batch of unlabelled crops: no verdict (cross-entropy would be NaN)
+        return logits.sum() * 0.0, torch.tensor(0.0)
+    loss = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    accuracy = (logits.argmax(1) == target)[keep].float().mean()
     return loss, accuracy
 
 
