@@ -156,4 +156,4 @@ def test_semantic_critic_gives_no_verdict_on_unlabelled_crops() -> None:
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
     loss, accuracy = critic_loss(SemanticCritic(5), images * 2 - 1, torch.full((2, 32, 32), IGNORE, dtype=torch.uint8))
     loss.backward()
-    assert float(loss) == 0.0 and float(accuracy) == 0.0 and torch.isfinite(images.grad).all()
+    assert loss.item() == 0.0 and accuracy.item() == 0.0 and torch.isfinite(images.grad).all()
