@@ -100,7 +100,7 @@ def compare_segmentations(original: str | Path, reconstruction: str | Path, weig
 
 def train_segmentation(data_dir: Path, run_dir: Path, steps: int = 600, batch: int = 8, crop: int = 192, lr: float = 1e-3, seed: int = 0) -> SegmentationNet:
     """Fine-tune on the training tiles' originals (cross-entropy, unlabelled pixels ignored)."""
-    from .train.data import CropSampler, load_index, load_scene
+    from .train.data import CropSampler, labelled_cross_entropy, load_index, load_scene
     from .train.loop import LoopConfig, run_loop
 
     torch.manual_seed(seed)
@@ -112,13 +112,10 @@ def train_segmentation(data_dir: Path, run_dir: Path, steps: int = 600, batch: i
 
     def step(i: int) -> dict[str, float]:
         x, _, labels = sampler.batch(batch)
-        logits = net((x + 1) / 2)
-        loss = F.cross_entropy(logits, labels.long(), ignore_index=255)
+        loss, accuracy = labelled_cross_entropy(net((x + 1) / 2), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        keep = labels != 255
-        accuracy = (logits.argmax(1) == labels)[keep].float().mean()
         return {"loss": float(loss), "accuracy": float(accuracy)}
 
     run_loop("segmentation", run_dir, LoopConfig(steps, lr, warmup=50, checkpoint_every=100), {"net": net}, {"main": optimizer}, step,

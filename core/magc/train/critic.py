@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import IGNORE, CropSampler
+from .data import CropSampler, labelled_cross_entropy
 from .loop import LoopConfig, run_loop
 
 CRITIC_WIDTHS = (24, 48, 96, 128)  # at strides 2, 4, 8, 16
@@ -68,14 +68,7 @@ class SemanticCritic(nn.Module):
 
 def critic_loss(critic: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy, pixel accuracy) of the critic on images in [-1, 1]; unlabelled pixels ignored."""
-    logits = critic((images.clamp(-1, 1) + 1) / 2)
-    target = labels.long()
-    keep = target != IGNORE
-    if not keep.any():  # a batch of unlabelled crops: no verdict (cross-entropy would be NaN)
-        return logits.sum() * 0.0, torch.tensor(0.0)
-    loss = F.cross_entropy(logits, target, ignore_index=IGNORE)
-    accuracy = (logits.argmax(1) == target)[keep].float().mean()
-    return loss, accuracy
+    return labelled_cross_entropy(critic((images.clamp(-1, 1) + 1) / 2), labels)
 
 
 def train_critic(sampler: CropSampler, run_dir: Path, num_classes: int, steps: int, batch: int = 8, lr: float = 2e-3,

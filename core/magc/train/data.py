@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from osgeo import gdal, ogr, osr
 from PIL import Image
 
@@ -49,6 +50,18 @@ def mask_labels(mask_path: Path) -> np.ndarray:
     for (r, g, b), label in DUBAI_COLOURS.items():
         labels[key == ((r << 16) | (g << 8) | b)] = label
     return labels
+
+
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, pixel accuracy) over the labelled pixels (IGNORE left out). A batch with
+    none gives no verdict, (0, 0), instead of the NaN that cross-entropy returns."""
+    target = labels.long()
+    keep = target != IGNORE
+    if not keep.any():
+        return logits.sum() * 0.0, torch.tensor(0.0)
+    loss = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    accuracy = (logits.argmax(1) == target)[keep].float().mean()
+    return loss, accuracy
 
 
 def _geotiff(path: Path, array: np.ndarray, origin: tuple[float, float], nodata: int | None = None) -> None:
