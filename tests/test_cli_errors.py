@@ -94,6 +94,7 @@ def test_successful_encode_reports_device_and_bpp(workdir: Path) -> None:
         (["info", "{d}/notes.txt"], ["not a magc file"]),
         (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--steps", "5"], ["STAGE1,STAGE2[,CRITIC]"]),
         (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--steps", "5,x"], ["--steps"]),
+        (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--semantic-weight", "-1"], ["--semantic-weight"]),
     ],
 )
 def test_bad_input_gives_one_line_and_status_2(workdir: Path, args: list[str], needles: list[str]) -> None:

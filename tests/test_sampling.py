@@ -62,24 +62,31 @@ def test_training_target_is_the_output_that_gives_x0(kind: str) -> None:
 
 
 def test_stage2_decode_path_inputs_are_what_decoding_feeds_the_denoiser() -> None:
-    """Each (t, z_t) drawn for stage 2 is one the sampler really passed to the denoiser when
-    decoding from z~, at one of the sampler's timesteps, sample by sample."""
+    """Each (t, z_t) drawn for stage 2 is one the sampler really passes to the denoiser when
+    decoding from z~, at one of the sampler's timesteps, sample by sample; drawing them skips
+    the last denoiser call, whose output no input depends on."""
     cfg = load_preset("lite").sampler
     torch.manual_seed(0)
     guide = torch.randn(6, 8, 4, 4)
-    seen: dict[int, torch.Tensor] = {}
+    decoding: dict[int, torch.Tensor] = {}
 
     def shrink(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        seen[int(t[0])] = x.clone()
+        decoding[int(t[0])] = x.clone()
         return 0.5 * x
 
-    t, z_t = decode_path_inputs(shrink, cfg, "sample", guide)
-    assert sorted(seen) == sorted(sampling_timesteps(cfg)) and len(seen) >= 2
+    torch.manual_seed(1)
+    sample(shrink, cfg, "sample", guide, lambda i: torch.randn_like(guide))
+    calls: list[int] = []
+    torch.manual_seed(1)
+    t, z_t = decode_path_inputs(lambda x, tt: calls.append(int(tt[0])) or 0.5 * x, cfg, "sample", guide)
+    steps = sampling_timesteps(cfg)
+    assert sorted(decoding) == sorted(steps) and len(steps) >= 2 and calls == steps[:-1]
     for b in range(guide.shape[0]):
-        assert int(t[b]) in seen and torch.equal(z_t[b], seen[int(t[b])][b])
-    first = max(seen)
+        assert int(t[b]) in decoding and torch.equal(z_t[b], decoding[int(t[b])][b])
+    assert {int(v) for v in t} == set(steps)  # six draws from two states: both are drawn (seeded)
+    first = max(decoding)
     a = make_schedule(cfg).alphas_cumprod[first]
-    noise = (seen[first] - a.sqrt() * guide) / (1 - a).sqrt()  # the first input is re-noised z~
+    noise = (decoding[first] - a.sqrt() * guide) / (1 - a).sqrt()  # the first input is re-noised z~
     assert 0.8 < float(noise.std()) < 1.2 and abs(float(noise.mean())) < 0.2
 
 

@@ -65,20 +65,16 @@ def test_training_goes_on_from_trained_weights_without_the_run_folder(data_dir: 
     assert main(common + ["--run", str(tmp_path / "d"), "--init", str(tmp_path / "none.safetensors")]) != 0
 
 
-def test_lite_stage2_learns_on_the_decode_path(tmp_path: Path) -> None:
-    """Where decoding starts from re-noised z~ (strength < 1), stage 2 trains half of each batch
-    on the sampler's own path and logs the decoded MS-SSIM of that half beside z~'s, and the
-    semantic critic's verdict on it; the autoencoder, the LCM and the critic stay frozen."""
+def _stage2_setup():
+    """A tiny-lite codec decoding from z~ (strength 0.6), one random scene, a random frozen critic."""
     import dataclasses
 
     import numpy as np
 
     from magc.config import load_preset
     from magc.models.loading import build_codec
-    from magc.train.data import CropSampler, Scene
     from magc.train.critic import SemanticCritic
-    from magc.train.loop import LoopConfig
-    from magc.train.magc_stages import train_stage2
+    from magc.train.data import CropSampler, Scene
 
     torch.manual_seed(0)
     preset = load_preset("tiny-lite")
@@ -88,18 +84,47 @@ def test_lite_stage2_learns_on_the_decode_path(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (3, 200, 200)).astype(np.uint8)
     scenes = [Scene("a", image, rng.integers(0, 5, (200, 200)).astype(np.uint8), np.zeros((200, 200), np.uint8))]
+    critic = SemanticCritic(5).eval().requires_grad_(False)
+    return codec, CropSampler(scenes, 192), critic
+
+
+def test_lite_stage2_learns_on_the_decode_path(tmp_path: Path) -> None:
+    """Where decoding starts from re-noised z~ (strength < 1), stage 2 trains half of each batch
+    on the sampler's own path and logs the decoded MS-SSIM of that half beside z~'s, and the
+    semantic critic's verdict on it; the autoencoder, the LCM and the critic stay frozen."""
+    from magc.train.loop import LoopConfig
+    from magc.train.magc_stages import train_stage2
+
+    codec, sampler, critic = _stage2_setup()
     frozen = {k: v.clone() for k, v in codec.state_dict().items() if k.startswith(("autoencoder.encoder", "autoencoder.decoder", "lcm."))}
     denoiser_before = {k: v.clone() for k, v in codec.denoiser.state_dict().items()}
-    critic = SemanticCritic(5).eval().requires_grad_(False)
     critic_before = {k: v.clone() for k, v in critic.state_dict().items()}
-    train_stage2(codec, CropSampler(scenes, 192), tmp_path, LoopConfig(2, 1e-3, warmup=1), batch=4, critic=critic)
+    train_stage2(codec, sampler, tmp_path, LoopConfig(3, 1e-3, warmup=1, log_every=2), batch=4, critic=critic)
     logs = [json.loads(line) for line in (tmp_path / "stage2.log.jsonl").read_text().splitlines()]
-    assert logs and all(0.0 < entry["msssim_path"] <= 1.0 and 0.0 < entry["msssim_ztilde"] <= 1.0 for entry in logs)
+    assert [entry["step"] for entry in logs] == [2, 3]
+    assert all(0.0 < entry["msssim_path"] <= 1.0 and 0.0 < entry["msssim_ztilde"] <= 1.0 for entry in logs)
     assert all(entry["critic_ce_path"] > 0.0 and 0.0 <= entry["critic_accuracy_path"] <= 1.0 for entry in logs)
+    assert all(0.0 <= entry["critic_accuracy_ztilde"] <= 1.0 and entry["seconds_per_step"] > 0 for entry in logs)
     state = codec.state_dict()
     assert all(torch.equal(state[k], v) for k, v in frozen.items())
     assert all(torch.equal(critic.state_dict()[k], v) for k, v in critic_before.items())  # a judge, not trained here
     assert any(not torch.equal(codec.denoiser.state_dict()[k], v) for k, v in denoiser_before.items())
+
+
+def test_stage2_semantic_weight_scales_the_critic_term(tmp_path: Path) -> None:
+    """The same first step with weights 0 and 2: the losses differ by twice the critic's cross-entropy."""
+    from magc.train.loop import LoopConfig
+    from magc.train.magc_stages import train_stage2
+
+    losses = {}
+    for weight in (0.0, 2.0):
+        codec, sampler, critic = _stage2_setup()
+        run = tmp_path / f"w{weight:g}"
+        train_stage2(codec, sampler, run, LoopConfig(1, 1e-3, warmup=1), batch=4, critic=critic, semantic_weight=weight)
+        losses[weight] = json.loads((run / "stage2.log.jsonl").read_text().splitlines()[0])
+    ce = losses[2.0]["critic_ce_path"]
+    assert ce == pytest.approx(losses[0.0]["critic_ce_path"], rel=1e-5) and ce > 0.1
+    assert losses[2.0]["loss"] - losses[0.0]["loss"] == pytest.approx(2.0 * ce, rel=1e-4)
 
 
 def test_semantic_critic_learns_classes_from_their_look(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--vae-weights", help="SPRDiff presets: trained lite weights whose autoencoder is the frozen VAE "
                                            "(default resources/weights/lite.safetensors)")
     tr.add_argument("--steps", help="STAGE1,STAGE2[,CRITIC] steps instead of the recipe's (e.g. for a quick trial; CRITIC 0: no semantic critic)")
+    tr.add_argument("--semantic-weight", type=float, metavar="W",
+                    help="lite-size MAGC: weight of the semantic critic's cross-entropy in stage 2 (default 0.1)")
     tr.add_argument("--init", help="lite-size presets: start from these trained weights of the same preset (fresh optimiser), "
                                    "e.g. to add steps to the shipped weights where the run folder is gone")
     tr.add_argument("--device", default="auto", help="device of the SD-size recipe (the lite-size presets train on the CPU)")
@@ -234,13 +237,19 @@ def _train(args: argparse.Namespace) -> int:
 
         if args.init:
             raise UsageError("--init is for the lite-size presets; the SD-size recipe resumes from its run folder")
-        if steps and len(steps) > 2:
-            raise UsageError("the SD-size recipe has no semantic critic: --steps STAGE1,STAGE2")
+        if (steps and len(steps) > 2) or args.semantic_weight is not None:
+            raise UsageError("the SD-size recipe has no semantic critic: --steps STAGE1,STAGE2, no --semantic-weight")
         recipe = SDRecipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1], "warmup": min(steps)} if steps else {}))
         codec = train_sd_preset(args.preset, Path(args.data), run, args.sd_weights, stages, recipe, device=args.device)
     else:
         overrides = dict(zip(("stage1_steps", "stage2_steps", "critic_steps"), steps)) if steps else {}
-        recipe = Recipe(**overrides, **({"vae_weights": args.vae_weights} if args.vae_weights else {}))
+        if args.vae_weights:
+            overrides["vae_weights"] = args.vae_weights
+        if args.semantic_weight is not None:
+            if not (math.isfinite(args.semantic_weight) and args.semantic_weight >= 0):
+                raise UsageError(f"--semantic-weight must be a number ≥ 0, got {args.semantic_weight}")
+            overrides["semantic_weight"] = args.semantic_weight
+        recipe = Recipe(**overrides)
         codec = train(args.preset, Path(args.data), run, recipe, stages, init=Path(args.init) if args.init else None)
     if args.export:
         export(codec, codec.preset, Path(args.export), source=" ".join(["magc"] + sys.argv[1:]), run_dir=run)

@@ -86,10 +86,13 @@ def sample(
     noise: NoiseFn,
     eta: float | None = None,
     visit: Visit | None = None,
+    visit_only: bool = False,
 ) -> torch.Tensor:
     """Run the loop; ``start`` is z~ (used when strength < 1), ``noise(i)`` the i-th noise draw.
     Strength 0 moves nothing: z~ is the result. ``visit(t, x_t)`` sees each denoiser input
-    (training uses it to learn on the inputs that decoding really builds)."""
+    (training uses it to learn on the inputs that decoding really builds); with ``visit_only``
+    the loop stops once the last input is visited, since only the inputs are wanted, and
+    returns that input."""
     if not evaluates_denoiser(cfg):
         return start
     schedule = make_schedule(cfg)
@@ -106,6 +109,8 @@ def sample(
     for i, t in enumerate(steps):
         if visit is not None:
             visit(t, x)
+        if visit_only and i == len(steps) - 1:
+            return x
         t_tensor = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         output = denoise(x, t_tensor)
         a_t = alphas[t].to(x.dtype)

@@ -83,8 +83,8 @@ def run_loop(
         os.replace(tmp, ckpt_path)
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=name, dynamic_ncols=True)
-    window: dict[str, list[float]] = {}
-    tick = time.time()
+    window: dict[str, list[float]] = {}  # some scalars (references) come only on the logged steps
+    window_steps, tick = 0, time.time()
     with open(log_path, "a") as log:
         for step in bar:
             scale = lr_at(step, cfg) / cfg.lr
@@ -94,13 +94,14 @@ def run_loop(
             values = step_fn(step)
             for key, value in values.items():
                 window.setdefault(key, []).append(value)
+            window_steps += 1
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 means = {k: float(np.mean(v)) for k, v in window.items()}
                 elapsed = time.time() - tick
-                means.update(step=step + 1, lr=lr_at(step, cfg), seconds_per_step=elapsed / len(next(iter(window.values()))), device=device_note)
+                means.update(step=step + 1, lr=lr_at(step, cfg), seconds_per_step=elapsed / window_steps, device=device_note)
                 log.write(json.dumps(means) + "\n")
                 log.flush()
                 bar.set_postfix({k: f"{v:.4f}" for k, v in means.items() if k in ("loss", "bpp", "msssim", "psnr", "mse")})
-                window, tick = {}, time.time()
+                window, window_steps, tick = {}, 0, time.time()
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 save(step + 1)

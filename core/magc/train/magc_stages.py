@@ -27,10 +27,14 @@ denoiser read the re-noised z~ as if it came from z0, and its latent-MSE output 
 smoother than z~ itself (see the README's sampling section). Given a semantic critic (an
 independent segmenter, ``critic``), the path half also takes
 
-    + SEMANTIC_WEIGHT · CE(critic(AE.dec(x̂0)), labels)
+    + semantic_weight · CE(critic(AE.dec(x̂0)), labels)
 
 so the map, known at the decoder, is rendered as the classes look: neither loss above asks
-for that, and without it the adapter took mIoU away.
+for that, and without it the adapter took mIoU away. The weight is the recipe's
+(``Recipe.semantic_weight``), so that it travels into the run's recipe and the manifest.
+
+What z~ itself would score (``msssim_ztilde``, ``critic_accuracy_ztilde``) is a reference for
+the logs only: it is computed on the steps that close a log window, not on every step.
 """
 from __future__ import annotations
 
@@ -54,7 +58,6 @@ BETA_AE = 1.0
 GAMMA_LATENT = 0.1
 DECODE_PATH_FRACTION = 2  # stage 2: 1/2 of each batch learns on the denoiser inputs that decoding builds from z~
 PATH_DISTORTION_WEIGHT = 1.0  # ... and its decoded prediction is judged by stage 1's D, not only by latent MSE
-SEMANTIC_WEIGHT = 0.1  # ... and, with a critic, by the classes an independent segmenter sees in it
 
 
 def distortion(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -162,11 +165,22 @@ def decode_path_inputs(denoise: Denoise, sampler: SamplerConfig, prediction_type
     states: list[tuple[int, torch.Tensor]] = []
     with torch.no_grad():
         sample(denoise, sampler, prediction_type, z_tilde, lambda i: torch.randn_like(z_tilde),
-               visit=lambda t, x: states.append((t, x)))
+               visit=lambda t, x: states.append((t, x)), visit_only=True)
     pick = torch.randint(0, len(states), (z_tilde.shape[0],))
     t = torch.tensor([states[p][0] for p in pick.tolist()])
     z_t = torch.stack([states[p][1][b] for b, p in enumerate(pick.tolist())])
     return t, z_t
+
+
+@torch.no_grad()
+def _guide_reference(codec: MagcCodec, critic: torch.nn.Module | None, z_tilde: torch.Tensor, x: torch.Tensor,
+                     labels: torch.Tensor) -> dict[str, float]:
+    """What decoding z~ itself scores, beside the path's logged scores."""
+    decoded = codec.autoencoder.decode(z_tilde)
+    reference = {"msssim_ztilde": 1 - distortion(decoded, x)[1].item()}
+    if critic is not None:
+        reference["critic_accuracy_ztilde"] = critic_loss(critic, decoded, labels)[1].item()
+    return reference
 
 
 def uses_decode_path(preset: PresetConfig) -> bool:
@@ -175,7 +189,8 @@ def uses_decode_path(preset: PresetConfig) -> bool:
 
 
 def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int, seed: int = 0,
-                 critic: torch.nn.Module | None = None) -> None:
+                 critic: torch.nn.Module | None = None, semantic_weight: float = 0.1) -> None:
+    """``critic`` and ``semantic_weight``: the semantic term of the path half (see above)."""
     scale = fit_latent_scale(codec, sampler)
     codec.autoencoder.requires_grad_(False).eval()
     codec.lcm.requires_grad_(False).eval()
@@ -216,17 +231,13 @@ def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
             decoded_path = codec.autoencoder.decode(x0_path)
             d_path, ms_path, _ = distortion(decoded_path, x[:n_path])
             loss = loss + PATH_DISTORTION_WEIGHT * d_path
-            with torch.no_grad():
-                decoded_guide = codec.autoencoder.decode(z_tilde[:n_path])
-                ms_guide = distortion(decoded_guide, x[:n_path])[1]
-            logs.update(msssim_path=1 - ms_path.item(), msssim_ztilde=1 - ms_guide.item())
+            logs["msssim_path"] = 1 - ms_path.item()
             if critic is not None:
                 ce_path, accuracy_path = critic_loss(critic, decoded_path, labels[:n_path])
-                loss = loss + SEMANTIC_WEIGHT * ce_path
-                with torch.no_grad():
-                    accuracy_guide = critic_loss(critic, decoded_guide, labels[:n_path])[1]
-                logs.update(critic_ce_path=ce_path.item(), critic_accuracy_path=accuracy_path.item(),
-                            critic_accuracy_ztilde=accuracy_guide.item())
+                loss = loss + semantic_weight * ce_path
+                logs.update(critic_ce_path=ce_path.item(), critic_accuracy_path=accuracy_path.item())
+            if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.steps:
+                logs.update(_guide_reference(codec, critic, z_tilde[:n_path], x[:n_path], labels[:n_path]))
         optimizers["main"].zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(codec.denoiser.parameters(), 1.0)

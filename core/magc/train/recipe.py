@@ -36,6 +36,7 @@ class Recipe:
     stage2_crop: int = 192
     stage2_lr: float = 5e-4
     critic_steps: int = 1500  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
+    semantic_weight: float = 0.1  # ... and the weight of its cross-entropy in stage 2's path loss
     seed: int = 0
     vae_weights: str = "resources/weights/lite.safetensors"  # SPRDiff's frozen VAE
 
@@ -100,6 +101,7 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
 
                 critic_sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 2)
                 extra["critic"] = train_critic(critic_sampler, run_dir, preset.map.num_classes, recipe.critic_steps, seed=recipe.seed + 2)
+                extra["semantic_weight"] = recipe.semantic_weight
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 1)
             stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch, **extra)
         _load_modules(codec, stage2_ckpt)
