@@ -2,6 +2,7 @@
 tiling and API as MAGC; a short training run of the lite stages works."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from osgeo import gdal
 
 from magc.api import decode_raster, encode_raster, read_info
 from magc.config import load_preset
+from magc.errors import UsageError
 from magc.models.loading import build_codec, load_codec
 
 from conftest import smooth_image, write_geotiff
@@ -66,6 +68,10 @@ def test_lite_stages_run(tmp_path: Path) -> None:
     sprdiff_stages.load_vae(codec, tmp_path / "vae.safetensors")
     loaded_vae = {k: v.clone() for k, v in codec.autoencoder.state_dict().items()}
     assert any(not torch.equal(vae_before[k], loaded_vae[k]) for k in vae_before)
+    small = dataclasses.replace(vae_source.preset, autoencoder=dataclasses.replace(vae_source.preset.autoencoder, encoder_widths=[4, 8]))
+    save_weights(build_codec(small), small, tmp_path / "small.safetensors", trained=True, source="test")
+    with pytest.raises(UsageError, match="no autoencoder of the shape"):  # a distilled encoder is not this VAE
+        sprdiff_stages.load_vae(codec, tmp_path / "small.safetensors")
     sprdiff_stages.train_stage1(codec, sampler, tmp_path, LoopConfig(3, 1e-3, warmup=1), batch=2)
     assert float(codec.autoencoder.scaling_factor) == 1.0  # the test VAE comes unscaled
     sprdiff_stages.train_stage2(codec, sampler, tmp_path, LoopConfig(3, 1e-3, warmup=1), batch=2)

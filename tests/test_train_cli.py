@@ -182,3 +182,39 @@ def test_semantic_critic_gives_no_verdict_on_unlabelled_crops() -> None:
     loss, accuracy = critic_loss(SemanticCritic(5), images * 2 - 1, torch.full((2, 32, 32), IGNORE, dtype=torch.uint8))
     loss.backward()
     assert loss.item() == 0.0 and accuracy.item() == 0.0 and torch.isfinite(images.grad).all()
+
+
+def test_distilled_encoder_reproduces_the_teacher_and_keeps_the_rest(data_dir: Path, tmp_path: Path) -> None:
+    """`magc distill-encoder` gives trained weights the preset's smaller encoder, trained to
+    give the teacher's latents: every other tensor (LCM and its entropy tables, decoder,
+    denoiser) is the teacher's bit for bit, and the exported weights encode and decode."""
+    from magc.config import PRESET_DIR
+    from magc.models.weights import load_state
+
+    torch.set_num_threads(2)
+    teacher = tmp_path / "teacher.safetensors"
+    assert main(["train", "--preset", "tiny-lite", "--data", str(data_dir), "--run", str(tmp_path / "run"), "--steps", "2,2",
+                 "--export", str(teacher)]) == 0
+    preset = json.loads((PRESET_DIR / "tiny-lite.json").read_text())
+    preset["autoencoder"].update(encoder_widths=[4, 8], encoder_blocks=1)
+    small = tmp_path / "tiny-lite-small.json"
+    small.write_text(json.dumps(preset))
+    student, run = tmp_path / "student.safetensors", tmp_path / "distill"
+    common = ["distill-encoder", "--teacher", str(teacher), "--data", str(data_dir), "--run", str(run)]
+    assert main(common + ["--preset", "lite", "--steps", "2"]) == 2  # the teacher holds another preset
+    assert main(common + ["--preset", str(small), "--steps", "100", "--export", str(student)]) == 0
+    logs = [json.loads(line) for line in (run / "distill.log.jsonl").read_text().splitlines()]
+    assert logs[-1]["z_relative_mse"] < 0.5 * logs[0]["z_relative_mse"]
+    assert logs[-1]["y_relative_mse"] < 0.5 * logs[0]["y_relative_mse"]
+    before, after = load_state(teacher), load_state(student)
+    encoder = [k for k in after if k.startswith("autoencoder.encoder.")]
+    assert after["autoencoder.encoder.stem.weight"].shape[0] == 4 and before["autoencoder.encoder.stem.weight"].shape[0] == 8
+    assert set(after) - set(encoder) == set(before) - {k for k in before if k.startswith("autoencoder.encoder.")}
+    assert all(torch.equal(before[k], after[k]) for k in after if k not in encoder)
+    manifest = json.loads(student.with_name("student.manifest.json").read_text())
+    assert manifest["started_from"] == str(teacher) and manifest["recipe"]["steps"] == 100
+    loaded = load_codec("tiny-lite", weights=student, device="cpu")
+    raster, layer = data_dir / "t2p1.tif", data_dir / "t2p1.gpkg"
+    encode_raster(raster, tmp_path / "x.magc", [str(layer)], codec=loaded)
+    decode_raster(tmp_path / "x.magc", tmp_path / "x.tif", [str(layer)], codec=loaded)
+    assert (tmp_path / "x.tif").is_file()

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from .errors import MagcError, UsageError
+from .errors import InputError, MagcError, UsageError
 
 
 @contextmanager
@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run", default=None, help="run folder with checkpoints and logs (default runs/PRESET)")
     tr.add_argument("--stages", default="1,2")
     tr.add_argument("--export", help="write the trained weights here (safetensors)")
-    tr.add_argument("--vae-weights", help="SPRDiff presets: trained lite weights whose autoencoder is the frozen VAE "
-                                           "(default resources/weights/lite.safetensors)")
+    tr.add_argument("--vae-weights", help="SPRDiff presets: trained weights whose autoencoder is the frozen VAE "
+                                           "(default resources/weights/sprdiff-lite.safetensors)")
     tr.add_argument("--steps", help="STAGE1,STAGE2[,CRITIC] steps instead of the recipe's (e.g. for a quick trial; CRITIC 0: no semantic critic)")
     tr.add_argument("--semantic-weight", type=float, metavar="W",
                     help="lite-size MAGC: weight of the semantic critic's cross-entropy in stage 2 (default 0.1)")
@@ -131,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "e.g. to add steps to the shipped weights where the run folder is gone")
     tr.add_argument("--device", default="auto", help="device of the SD-size recipe (the lite-size presets train on the CPU)")
     tr.add_argument("--sd-weights", help="Stable Diffusion 2.1-base diffusers folder (for *-sd21 presets)")
+
+    dist = sub.add_parser("distill-encoder", help="lite-size MAGC: give trained weights the preset's smaller encoder, "
+                                                   "trained to reproduce theirs (faster encoding, same decoder)")
+    dist.add_argument("--teacher", required=True, help="trained weights of the preset, with the encoder to reproduce")
+    dist.add_argument("--preset", default="lite")
+    dist.add_argument("--data", default="data/dubai")
+    dist.add_argument("--run", default=None, help="run folder with checkpoint and log (default runs/PRESET-distill)")
+    dist.add_argument("--steps", type=int, help="distillation steps (default: the recipe's, 3000)")
+    dist.add_argument("--export", help="write the weights with the new encoder here (safetensors)")
 
     prep = sub.add_parser("prepare-data", help="turn ../shared/data/dubai-aerial into GeoTIFFs + GeoPackage maps + labels")
     prep.add_argument("--source", default="../shared/data/dubai-aerial")
@@ -301,6 +310,24 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill_encoder(args: argparse.Namespace) -> int:
+    from .train.distill import DistillRecipe, distill_encoder
+    from .train.recipe import export
+
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    teacher = Path(args.teacher)
+    if not teacher.is_file():
+        raise InputError(f"weights not found: {teacher}")
+    run = Path(args.run or f"runs/{Path(args.preset).stem}-distill")
+    recipe = DistillRecipe(**({"steps": args.steps} if args.steps is not None else {}))
+    codec = distill_encoder(teacher, args.preset, Path(args.data), run, recipe)
+    if args.export:
+        export(codec, codec.preset, Path(args.export), source=" ".join(["magc"] + sys.argv[1:]), run_dir=run)
+        print(f"weights written to {args.export}", file=sys.stderr)
+    return 0
+
+
 def _train_segmentation(args: argparse.Namespace) -> int:
     from .segmentation import evaluate_on_labels, save_segmenter, train_segmentation
 
@@ -339,7 +366,7 @@ def _info(args: argparse.Namespace) -> int:
 COMMANDS = {
     "encode": _encode, "decode": _decode, "info": _info, "roundtrip": _roundtrip, "presets": _presets,
     "train": _train, "prepare-data": _prepare, "eval": _eval, "convert-official": _convert, "demo": _demo,
-    "train-segmentation": _train_segmentation, "bench": _bench,
+    "train-segmentation": _train_segmentation, "bench": _bench, "distill-encoder": _distill_encoder,
 }
 
 

@@ -32,12 +32,20 @@ class MapConfig:
 
 @dataclass
 class AutoencoderConfig:
-    """``lite``: this project's pixel-shuffle autoencoder. ``sd-vae``: diffusers AutoencoderKL."""
+    """``lite``: this project's pixel-shuffle autoencoder. ``sd-vae``: diffusers AutoencoderKL.
+
+    ``encoder_widths`` / ``encoder_blocks`` give the lite encoder its own size (default: the
+    decoder's ``widths`` / ``blocks``): the encoder runs once per pixel at encode time and
+    only has to find the latent, so a small one distilled from a large one
+    (``train/distill.py``) keeps the decoder's quality at a fraction of the encode time.
+    """
 
     kind: str = "lite"
     latent_channels: int = 8
     widths: list[int] = field(default_factory=lambda: [64, 128])
     blocks: int = 2
+    encoder_widths: list[int] | None = None
+    encoder_blocks: int | None = None
     scaling_factor: float = 1.0
     vae: dict[str, Any] = field(default_factory=dict)
 

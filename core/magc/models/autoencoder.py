@@ -24,11 +24,12 @@ from .layers import LiteResBlock
 class LiteEncoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig, in_channels: int = 3) -> None:
         super().__init__()
-        w4, w8 = cfg.widths
+        w4, w8 = cfg.encoder_widths or cfg.widths
+        blocks = cfg.blocks if cfg.encoder_blocks is None else cfg.encoder_blocks
         self.stem = nn.Conv2d(in_channels * 16, w4, 3, padding=1)
-        self.blocks4 = nn.Sequential(*[LiteResBlock(w4) for _ in range(cfg.blocks)])
+        self.blocks4 = nn.Sequential(*[LiteResBlock(w4) for _ in range(blocks)])
         self.down = nn.Conv2d(w4, w8, 3, stride=2, padding=1)
-        self.blocks8 = nn.Sequential(*[LiteResBlock(w8) for _ in range(cfg.blocks)])
+        self.blocks8 = nn.Sequential(*[LiteResBlock(w8) for _ in range(blocks)])
         self.out = nn.Conv2d(w8, cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ class Recipe:
     critic_steps: int = 1500  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
     semantic_weight: float = 0.1  # ... and the weight of its cross-entropy in stage 2's path loss
     seed: int = 0
-    vae_weights: str = "resources/weights/lite.safetensors"  # SPRDiff's frozen VAE
+    vae_weights: str = "resources/weights/sprdiff-lite.safetensors"  # SPRDiff's frozen VAE (lite stage 1's autoencoder)
 
 
 def _load_modules(codec: torch.nn.Module, ckpt: Path) -> None:
@@ -81,7 +81,8 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
     if preset.method == "sprdiff":
         from .sprdiff_stages import load_vae, train_stage1 as stage1_fn, train_stage2 as stage2_fn
 
-        load_vae(codec, Path(recipe.vae_weights))
+        if init is None:  # else the --init weights hold the VAE
+            load_vae(codec, Path(recipe.vae_weights))
     else:
         from .magc_stages import train_stage1 as stage1_fn, train_stage2 as stage2_fn
     from .magc_stages import uses_decode_path

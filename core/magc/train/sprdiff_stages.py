@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.sprdiff import SprdiffCodec
+from ..errors import InputError, UsageError
 from ..models.weights import load_state
 from ..sampling import make_schedule, output_for_x0, sampling_timesteps
 from .data import CropSampler
@@ -25,13 +26,22 @@ from .loop import LoopConfig, run_loop
 from .magc_stages import (DENSITY_LR_FACTOR, GAIN_LR_FACTOR, GAMMA_LATENT, bits_per_pixel, distortion,
                           fit_latent_scale, rate_distortion_step)
 
-DEFAULT_VAE = Path(__file__).resolve().parents[3] / "resources" / "weights" / "lite.safetensors"
+# lite stage 1's autoencoder, scaled, as sprdiff-lite holds it (lite itself now has a smaller,
+# distilled encoder, which does not fit sprdiff-lite's VAE)
+DEFAULT_VAE = Path(__file__).resolve().parents[3] / "resources" / "weights" / "sprdiff-lite.safetensors"
 
 
 def load_vae(codec: SprdiffCodec, weights: Path = DEFAULT_VAE) -> None:
-    """The frozen VAE: the autoencoder of trained lite weights (with its latent scale)."""
-    state = load_state(weights)
-    codec.autoencoder.load_state_dict({k[len("autoencoder."):]: v.float() for k, v in state.items() if k.startswith("autoencoder.")})
+    """The frozen VAE: the autoencoder of trained weights that hold one of the preset's shape
+    (with its latent scale)."""
+    if not weights.is_file():
+        raise InputError(f"VAE weights not found: {weights}")
+    state = {k[len("autoencoder."):]: v.float() for k, v in load_state(weights).items() if k.startswith("autoencoder.")}
+    own = codec.autoencoder.state_dict()
+    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        raise UsageError(f"{weights} holds no autoencoder of the shape preset {codec.preset.name!r} wants; give --vae-weights "
+                         f"with one (e.g. {DEFAULT_VAE.relative_to(DEFAULT_VAE.parents[2])})")
+    codec.autoencoder.load_state_dict(state)
     codec.autoencoder.requires_grad_(False).eval()
 
 
