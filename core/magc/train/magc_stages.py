@@ -34,7 +34,8 @@ for that, and without it the adapter took mIoU away. The weight is the recipe's
 (``Recipe.semantic_weight``), so that it travels into the run's recipe and the manifest.
 
 What z~ itself would score (``msssim_ztilde``, ``critic_accuracy_ztilde``) is a reference for
-the logs only: it is computed on the steps that close a log window, not on every step.
+the logs only: it is computed on the step that closes a log window, not on every step, so it
+is one batch's value beside the window's mean of the path's (compare them over many windows).
 """
 from __future__ import annotations
 
