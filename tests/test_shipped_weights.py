@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from magc.api import decode_raster, encode_raster, read_info
+from magc.config import load_preset
 from magc.metrics import compare_rasters
 from magc.models.loading import REPO_WEIGHTS, load_codec
 from magc.train.data import prepare_image
@@ -39,6 +40,13 @@ def test_manifest_matches_the_file(lite) -> None:
     assert manifest["sha256"] == hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
     assert manifest["preset"] == "lite" and lite.trained
     assert WEIGHTS.stat().st_size < 16 * 2**20  # a few MB: it ships inside the plugin zip (< 25 MB with the segmenter)
+
+
+def test_shipped_weights_hold_the_lite_preset(lite) -> None:
+    """The file carries its own preset; it must be the one `magc presets` and training show
+    (e.g. its distilled encoder's size), or the two would describe different models."""
+    assert lite.preset == load_preset("lite")
+    assert lite.preset.autoencoder.encoder_widths == [32, 96] and lite.preset.autoencoder.encoder_blocks == 1
 
 
 def test_manifest_records_measured_bpp_per_rate() -> None:
