@@ -35,7 +35,7 @@ class Recipe:
     stage2_batch: int = 16
     stage2_crop: int = 192
     stage2_lr: float = 5e-4
-    critic_steps: int = 1500  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
+    critic_steps: int = 5000  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
     semantic_weight: float = 0.1  # ... and the weight of its cross-entropy in stage 2's path loss
     seed: int = 0
     vae_weights: str = "resources/weights/sprdiff-lite.safetensors"  # SPRDiff's frozen VAE (lite stage 1's autoencoder)
