@@ -36,6 +36,12 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
     return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def closes_log_window(step: int, cfg: LoopConfig) -> bool:
+    """Whether ``run_loop`` writes a log line after ``step`` (0-based); a step function may
+    compute log-only references there and nowhere else."""
+    return (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+
+
 def run_loop(
     name: str,
     run_dir: Path,
@@ -95,7 +101,7 @@ def run_loop(
             for key, value in values.items():
                 window.setdefault(key, []).append(value)
             window_steps += 1
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            if closes_log_window(step, cfg):
                 means = {k: float(np.mean(v)) for k, v in window.items()}
                 elapsed = time.time() - tick
                 means.update(step=step + 1, lr=lr_at(step, cfg), seconds_per_step=elapsed / window_steps, device=device_note)

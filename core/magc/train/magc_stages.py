@@ -52,7 +52,7 @@ from ..models.sprdiff import SprdiffCodec
 from ..sampling import Denoise, evaluates_denoiser, make_schedule, output_for_x0, predict_x0_eps, sample, sampling_timesteps
 from .critic import critic_loss
 from .data import CropSampler
-from .loop import LoopConfig, run_loop
+from .loop import LoopConfig, closes_log_window, run_loop
 
 ALPHA_MSE = 10.0
 BETA_AE = 1.0
@@ -237,7 +237,7 @@ def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
                 ce_path, accuracy_path = critic_loss(critic, decoded_path, labels[:n_path])
                 loss = loss + semantic_weight * ce_path
                 logs.update(critic_ce_path=ce_path.item(), critic_accuracy_path=accuracy_path.item())
-            if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.steps:
+            if closes_log_window(i, cfg):
                 logs.update(_guide_reference(codec, critic, z_tilde[:n_path], x[:n_path], labels[:n_path]))
         optimizers["main"].zero_grad(set_to_none=True)
         loss.backward()
