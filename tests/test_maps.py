@@ -255,3 +255,49 @@ def test_layers_are_read_only_where_the_raster_is(tmp_path: Path) -> None:
     for y in rows:
         assert road[y - 4:y + 4, 50:350].all() and not road[y - 4:y + 4, 352:].any()
     assert road.sum() == len(rows) * 8 * 300
+
+
+def test_invalid_polygons_are_repaired_in_every_band_they_cross(tmp_path: Path) -> None:
+    """A self-intersecting polygon is burnt as GEOS repairs it (buffer(0)), in each band it
+    crosses, although its validity is checked once per feature and then remembered."""
+    import shapely
+    from shapely import wkt as shapely_wkt
+
+    height = 2 * BAND_BLOCKS * BLOCK
+    top = 2800000.0 + height
+    grid = Grid(600, height, (500000.0, 1.0, 0.0, top, 0.0, -1.0), _wkt(32640))
+    # a bow tie from row 200 to row 1800: its lobes meet at row 1000, in the first band
+    bowtie = shapely_wkt.loads(f"POLYGON ((500100 {top - 200}, 500500 {top - 1800}, 500500 {top - 200}, "
+                               f"500100 {top - 1800}, 500100 {top - 200}))")
+    assert not bowtie.is_valid
+    path = tmp_path / "bowtie.gpkg"
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32640)
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = source.CreateLayer("areas", srs=srs, geom_type=ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetField("class", "building")
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(bowtie.wkt))
+    layer.CreateFeature(feature)
+    feature = layer = source = None
+
+    def burnt(shape) -> np.ndarray:
+        memory = ogr.GetDriverByName("Memory").CreateDataSource("reference")
+        mem_layer = memory.CreateLayer("one", srs=srs, geom_type=ogr.wkbMultiPolygon)
+        one = ogr.Feature(mem_layer.GetLayerDefn())
+        one.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(shape, output_dimension=2)))
+        mem_layer.CreateFeature(one)
+        target = gdal.GetDriverByName("MEM").Create("", grid.width, grid.height, 1, gdal.GDT_Byte)
+        target.SetGeoTransform(grid.geotransform)
+        target.SetProjection(grid.crs_wkt)
+        gdal.RasterizeLayer(target, [1], mem_layer, burn_values=[1])
+        del mem_layer, memory
+        return target.GetRasterBand(1).ReadAsArray() > 0
+
+    repaired, raw = burnt(bowtie.buffer(0)), burnt(bowtie)
+    band_px = BAND_BLOCKS * BLOCK
+    assert (repaired[:band_px] != raw[:band_px]).any() and (repaired[band_px:] != raw[band_px:]).any()
+    vmap = VectorMap([MapLayerSpec(str(path))], grid)
+    building = vmap.read(0, 0, grid.width, grid.height) == CLASS_IDS["building"]
+    assert np.array_equal(building, repaired)

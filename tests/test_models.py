@@ -131,6 +131,12 @@ def test_class_fractions_are_area_shares_with_unknown_ids_as_background() -> Non
     assert torch.equal(fractions, expected)
     assert fractions[0, 0, 0, 0] == 1.0
     assert torch.allclose(fractions.sum(1), torch.ones(2, 4, 6))
+    # int64 ids (training batches), negative ones, and a remainder narrower than a cell, which
+    # average pooling drops
+    wide = torch.cat([ids.long(), torch.full((2, 16, 3), -1)], 2)
+    wide[1, 5, 7] = -3
+    assert torch.equal(class_fractions(wide, 5, factor=4)[0], expected[0])
+    assert class_fractions(wide, 5, factor=4)[1, 0, 1, 1] == expected[1, 0, 1, 1] + 1 / 16
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

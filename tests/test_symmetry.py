@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from magc.models.entropy_net import ExactNet, PortableEvaluator, exact_net
+from magc.models.entropy_net import ExactNet, FixedLeakyReLU, PortableEvaluator, exact_net
 from magc.models.lcm import CodedTile
 from magc.models.loading import load_codec
 
@@ -86,6 +86,45 @@ def test_exact_net_is_order_independent() -> None:
     with torch.no_grad():
         trained = net(x).double()
     assert (trained - whole).abs().max() <= 2 / 256
+
+
+def _reference_exact(net: ExactNet, units: torch.Tensor) -> torch.Tensor:
+    """The integer arithmetic as docs/FORMAT.md states it, one operation at a time."""
+    from magc.models.entropy_net import ACT_LIMIT, GRID, WEIGHT_LIMIT, FixedLeakyReLU
+
+    limit = ACT_LIMIT * GRID
+    x = units.clamp(-limit, limit)
+    for layer in net:
+        if isinstance(layer, torch.nn.Conv2d):
+            w = torch.floor(layer.weight.double().clamp(-WEIGHT_LIMIT, WEIGHT_LIMIT) * 4096 + 0.5)
+            acc = torch.nn.functional.conv2d(x, w, None, padding=layer.padding)
+            acc = acc + torch.floor(layer.bias.double() * 2.0**20 + 0.5).view(1, -1, 1, 1)
+            x = torch.floor(acc / 4096 + 0.5)
+        elif isinstance(layer, FixedLeakyReLU):
+            x = torch.where(x < 0, torch.floor(x / 8 + 0.5), x)
+        else:
+            x = layer(x)
+        x = x.clamp(-limit, limit)
+    return x
+
+
+def test_exact_net_evaluation_equals_its_definition() -> None:
+    """The evaluator's fused, in-place integer program (weights rounded once, bias inside the
+    convolution, LeakyReLU as a maximum) gives the bits of the operation-by-operation definition,
+    clamps included, on a hyper-synthesis-like net with a pixel shuffle."""
+    torch.manual_seed(1)
+    net = ExactNet(torch.nn.Conv2d(8, 32, 3, padding=1), FixedLeakyReLU(), torch.nn.Conv2d(32, 64, 1), torch.nn.PixelShuffle(2),
+                   FixedLeakyReLU(), torch.nn.Conv2d(16, 12, 3, padding=1))
+    with torch.no_grad():
+        for layer in net:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.mul_(40)  # some weights beyond the clamp, activations beyond theirs
+    evaluator = PortableEvaluator(net)
+    x = torch.randn(2, 8, 9, 11) * 60
+    units = torch.floor(x.double() * 256 + 0.5)
+    expected = _reference_exact(evaluator.net, units)
+    assert (expected.abs() == 128 * 256).any() and (expected < 0).any()
+    assert torch.equal(evaluator(x) * 256, expected)
 
 
 def test_symbol_checksum_reports_a_different_entropy_model() -> None:

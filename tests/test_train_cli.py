@@ -184,12 +184,15 @@ def test_semantic_critic_gives_no_verdict_on_unlabelled_crops() -> None:
     assert loss.item() == 0.0 and accuracy.item() == 0.0 and torch.isfinite(images.grad).all()
 
 
-def test_distilled_encoder_reproduces_the_teacher_and_keeps_the_rest(data_dir: Path, tmp_path: Path) -> None:
-    """`magc distill-encoder` gives trained weights the preset's smaller encoder, trained to
-    give the teacher's latents: every other tensor (LCM and its entropy tables, decoder,
-    denoiser) is the teacher's bit for bit, and the exported weights encode and decode."""
-    from magc.config import PRESET_DIR
+def test_distilled_encoder_side_reproduces_the_teacher_and_keeps_the_rest(data_dir: Path, tmp_path: Path) -> None:
+    """`magc distill-encoder` gives trained weights the preset's smaller encoder side (the
+    autoencoder's encoder and the LCM analysis), trained to give the teacher's latents: every
+    other tensor (map encoder, synthesis, entropy nets and tables, decoder, denoiser) is the
+    teacher's bit for bit, encoder-side tensors of the teacher's shape start from the
+    teacher's, and the exported weights encode and decode."""
+    from magc.config import PRESET_DIR, load_preset
     from magc.models.weights import load_state
+    from magc.train.distill import ENCODER_SIDE, _student_of
 
     torch.set_num_threads(2)
     teacher = tmp_path / "teacher.safetensors"
@@ -197,6 +200,7 @@ def test_distilled_encoder_reproduces_the_teacher_and_keeps_the_rest(data_dir: P
                  "--export", str(teacher)]) == 0
     preset = json.loads((PRESET_DIR / "tiny-lite.json").read_text())
     preset["autoencoder"].update(encoder_widths=[4, 8], encoder_blocks=1)
+    preset["lcm"].update(analysis_width=8, analysis_blocks=0)
     small = tmp_path / "tiny-lite-small.json"
     small.write_text(json.dumps(preset))
     student, run = tmp_path / "student.safetensors", tmp_path / "distill"
@@ -207,10 +211,12 @@ def test_distilled_encoder_reproduces_the_teacher_and_keeps_the_rest(data_dir: P
     assert logs[-1]["z_relative_mse"] < 0.5 * logs[0]["z_relative_mse"]
     assert logs[-1]["y_relative_mse"] < 0.5 * logs[0]["y_relative_mse"]
     before, after = load_state(teacher), load_state(student)
-    encoder = [k for k in after if k.startswith("autoencoder.encoder.")]
+    encoder_side = {k for k in after if k.startswith(ENCODER_SIDE)}
     assert after["autoencoder.encoder.stem.weight"].shape[0] == 4 and before["autoencoder.encoder.stem.weight"].shape[0] == 8
-    assert set(after) - set(encoder) == set(before) - {k for k in before if k.startswith("autoencoder.encoder.")}
-    assert all(torch.equal(before[k], after[k]) for k in after if k not in encoder)
+    assert after["lcm.ga_4.weight"].shape[1] == 8 and before["lcm.ga_4.weight"].shape[1] == 16
+    assert not any(k.startswith("lcm.ga_2.1") for k in after) and any(k.startswith("lcm.ga_2.1") for k in before)
+    assert set(after) - encoder_side == {k for k in before if not k.startswith(ENCODER_SIDE)}
+    assert all(torch.equal(before[k], after[k]) for k in after if k not in encoder_side)
     manifest = json.loads(student.with_name("student.manifest.json").read_text())
     assert manifest["started_from"] == str(teacher) and manifest["recipe"]["steps"] == 100
     loaded = load_codec("tiny-lite", weights=student, device="cpu")
@@ -218,3 +224,31 @@ def test_distilled_encoder_reproduces_the_teacher_and_keeps_the_rest(data_dir: P
     encode_raster(raster, tmp_path / "x.magc", [str(layer)], codec=loaded)
     decode_raster(tmp_path / "x.magc", tmp_path / "x.tif", [str(layer)], codec=loaded)
     assert (tmp_path / "x.tif").is_file()
+
+    # a student that keeps the encoder's widths starts from the teacher's tensors of that shape
+    preset["autoencoder"].update(encoder_widths=None, encoder_blocks=0)
+    fewer = tmp_path / "tiny-lite-fewer.json"
+    fewer.write_text(json.dumps(preset))
+    _, warm = _student_of(teacher, load_preset(str(fewer)))
+    warm_state = warm.state_dict()
+    assert all(torch.equal(warm_state[k], before[k]) for k in ("autoencoder.encoder.stem.weight", "autoencoder.encoder.out.bias"))
+
+
+def test_a_checkpoint_of_another_run_is_refused_with_a_reason(tmp_path: Path) -> None:
+    """Resuming from a run folder whose checkpoint holds other modules (an older version of a
+    command) or other shapes (another preset size) is a one-line UsageError, not a KeyError."""
+    from magc.errors import UsageError
+    from magc.train.loop import LoopConfig, run_loop
+
+    def run(modules: dict[str, torch.nn.Module], steps: int) -> None:
+        params = [p for m in modules.values() for p in m.parameters()]
+        optimizers = {"main": torch.optim.SGD(params, lr=0.1)}
+        run_loop("toy", tmp_path, LoopConfig(steps, 0.1, warmup=1, checkpoint_every=1), modules, optimizers,
+                 lambda i: {"loss": sum(p.square().sum() for p in params).backward() or 0.0})
+
+    run({"encoder": torch.nn.Linear(2, 2)}, 1)
+    run({"encoder": torch.nn.Linear(2, 2)}, 2)  # the same run resumes
+    with pytest.raises(UsageError, match="holds encoder; this run trains encoder_side"):
+        run({"encoder_side": torch.nn.Linear(2, 2)}, 3)
+    with pytest.raises(UsageError, match="another run"):
+        run({"encoder": torch.nn.Linear(3, 3)}, 3)

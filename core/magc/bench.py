@@ -153,7 +153,7 @@ def memory(scene: Path, layer: Path, folder: Path, sizes: list[int]) -> list[dic
     return rows
 
 
-def run_bench(output: Path, shared_data: Path, sizes: list[int], repeats: int = 3) -> dict:
+def run_bench(output: Path, shared_data: Path, sizes: list[int], repeats: int = 5) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp_name:
         folder = Path(tmp_name)

@@ -132,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", help="device of the SD-size recipe (the lite-size presets train on the CPU)")
     tr.add_argument("--sd-weights", help="Stable Diffusion 2.1-base diffusers folder (for *-sd21 presets)")
 
-    dist = sub.add_parser("distill-encoder", help="lite-size MAGC: give trained weights the preset's smaller encoder, "
-                                                   "trained to reproduce theirs (faster encoding, same decoder)")
-    dist.add_argument("--teacher", required=True, help="trained weights of the preset, with the encoder to reproduce")
+    dist = sub.add_parser("distill-encoder", help="lite-size MAGC: give trained weights the preset's smaller encoder side "
+                                                   "(autoencoder encoder + LCM analysis), trained to reproduce theirs "
+                                                   "(faster encoding, same decoder)")
+    dist.add_argument("--teacher", required=True, help="trained weights of the preset, with the encoder side to reproduce")
     dist.add_argument("--preset", default="lite")
     dist.add_argument("--data", default="data/dubai")
     dist.add_argument("--run", default=None, help="run folder with checkpoint and log (default runs/PRESET-distill)")
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-o", "--output", default="results/bench.json")
     bench.add_argument("--shared-data", default="../shared/data")
     bench.add_argument("--sizes", default="2048,5000,10000", help="square raster sizes for the memory test")
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--repeats", type=int, default=5, help="speed runs (default 5); the median is reported, since single runs can vary by 10-20 %% on a busy or virtual machine")
 
     conv = sub.add_parser("convert-official", help="convert the released MAGC checkpoint into magc-sd21 weights")
     conv.add_argument("checkpoint")

@@ -52,7 +52,13 @@ class AutoencoderConfig:
 
 @dataclass
 class LCMConfig:
-    """Latent Compression Module (hyperprior + channel-wise context, SPADE map conditioning)."""
+    """Latent Compression Module (hyperprior + channel-wise context, SPADE map conditioning).
+
+    ``analysis_width`` / ``analysis_blocks`` give the analysis transform g_a its own size
+    (default: ``N`` / ``blocks``): like the autoencoder's encoder it runs only at encode time,
+    on every pixel of the halo too, and only has to find the y that the rest was trained on,
+    so a small one distilled from the trained one (``train/distill.py``) keeps the decoder.
+    """
 
     N: int = 128
     M: int = 64
@@ -67,6 +73,8 @@ class LCMConfig:
     entropy_net: str = "float64"  # or "exact"
     scale_table: list[float] = field(default_factory=lambda: [0.11, 256.0, 64])
     bottleneck_init_scale: float = 10.0  # compressai's default; smaller suits small hyper-latents
+    analysis_width: int | None = None
+    analysis_blocks: int | None = None
 
 
 @dataclass

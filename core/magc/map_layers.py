@@ -17,6 +17,7 @@ field or of OpenStreetMap tag fields (``building``, ``highway``, ``natural`` ...
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,9 @@ MAX_HALF_WIDTH_M = max(*ROAD_WIDTHS_M.values(), DEFAULT_ROAD_WIDTH_M, WATERWAY_W
 Bounds = tuple[float, float, float, float]  # (xmin, ymin, xmax, ymax) in the raster's CRS
 
 
+VALIDITY_HELD = 4096  # features whose validity a LayerReader remembers (a bounded cache)
+
+
 class LayerReader:
     """One map layer, checked once at opening, then read one region at a time.
 
@@ -190,8 +194,23 @@ class LayerReader:
         self.spec = spec
         self.crs_wkt = crs_wkt
         self.unit = metres_per_unit
+        self._validity: OrderedDict[int, bool] = OrderedDict()
         with opened_layer(spec) as layer:
             self.lower = self._check(layer)
+
+    def _is_valid(self, fid: int, shape: BaseGeometry) -> bool:
+        """GEOS validity, remembered for the last ``VALIDITY_HELD`` features: a feature that
+        spans several bands is read once per band, and the check is the costliest step of a
+        read (make bench's scene: 0.21 s of an encode, 0.09 s of it on repeats)."""
+        if fid < 0:  # a driver without feature ids
+            return shape.is_valid
+        if fid in self._validity:
+            self._validity.move_to_end(fid)
+            return self._validity[fid]
+        valid = self._validity[fid] = shape.is_valid
+        if len(self._validity) > VALIDITY_HELD:
+            self._validity.popitem(last=False)
+        return valid
 
     def _check(self, layer: ogr.Layer) -> dict[str, str]:
         """The layer's problems as clear errors; returns its field names by lower-case name."""
@@ -239,7 +258,10 @@ class LayerReader:
                 geometry.Transform(transform)
             except RuntimeError:
                 continue  # outside the projection's domain: cannot lie on this raster
-            shape = self._areal(shapely_wkb.loads(bytes(geometry.ExportToWkb())), name, subtype, self.unit)
+            shape = shapely_wkb.loads(bytes(geometry.ExportToWkb()))
+            if shape.geom_type in ("Polygon", "MultiPolygon") and not self._is_valid(feature.GetFID(), shape):
+                shape = shape.buffer(0)
+            shape = self._areal(shape, name, subtype, self.unit)
             if shape is None or shape.is_empty:
                 continue
             shape = shapely.clip_by_rect(shape, *bounds)
@@ -276,9 +298,10 @@ class LayerReader:
 
     @staticmethod
     def _areal(shape: BaseGeometry, name: str, subtype: str | None, metres_per_unit: float) -> BaseGeometry | None:
-        """Polygons stay; lines and points get a width (roads by type, waterways fixed)."""
+        """Polygons (made valid by the caller) stay; lines and points get a width (roads by
+        type, waterways fixed)."""
         if shape.geom_type in ("Polygon", "MultiPolygon"):
-            return shape.buffer(0) if not shape.is_valid else shape
+            return shape
         if shape.geom_type in ("GeometryCollection",):
             polys = [g for g in shape.geoms if g.geom_type in ("Polygon", "MultiPolygon")]
             return polys[0] if len(polys) == 1 else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import PresetConfig, SamplerConfig
@@ -28,13 +27,18 @@ MAP_NODATA = 255
 def class_fractions(class_map: torch.Tensor, num_classes: int, factor: int = 8) -> torch.Tensor:
     """Per-class area fractions at 1/``factor`` resolution from a (B, H, W) class-id map.
 
-    Pixels outside the schema (e.g. 255 for outside the map) count as background (class 0).
-    Compared in the map's own dtype: ``F.one_hot`` wants int64 and a permuted copy, which cost
-    half the map time of a 1152 px window (make bench profile).
+    Pixels outside the schema (e.g. 255 for outside the map) count as background (class 0);
+    like average pooling, a remainder narrower than a cell is dropped. Counted with one
+    bincount of (cell, class) keys: comparing with each class and pooling took 2.5 times as
+    long on a 1152 px window, and a one-hot in int64 twice as long again (make bench profiles).
     """
     ids = torch.where((class_map >= 0) & (class_map < num_classes), class_map, torch.zeros_like(class_map))
-    classes = torch.arange(num_classes, dtype=ids.dtype, device=ids.device).view(1, -1, 1, 1)
-    return F.avg_pool2d((ids.unsqueeze(1) == classes).float(), factor)
+    b, h, w = ids.shape
+    hc, wc = h // factor, w // factor
+    cells = ids[:, :hc * factor, :wc * factor].reshape(b, hc, factor, wc, factor).to(torch.int64)
+    cell_index = torch.arange(b * hc * wc, device=ids.device).view(b, hc, 1, wc, 1)
+    counts = torch.bincount((cell_index * num_classes + cells).flatten(), minlength=b * hc * wc * num_classes)
+    return (counts.view(b, hc, wc, num_classes).permute(0, 3, 1, 2).float() / (factor * factor)).contiguous()
 
 
 class MagcCodec(nn.Module):

@@ -80,24 +80,44 @@ class ExactNet(nn.Sequential):
         return ste(x, round_half_up(x * GRID) / GRID)
 
     @torch.no_grad()
-    def exact(self, x_units: torch.Tensor) -> torch.Tensor:
-        """Evaluate on grid units (integer-valued float64 on the CPU); returns grid units."""
-        limit = ACT_LIMIT * GRID
-        x = x_units.clamp(-limit, limit)
+    def integer_layers(self) -> list[tuple]:
+        """The layers as integer programs: ("conv", weight units, bias units, padding),
+        ("leaky",) or ("shuffle", factor), weights and biases in float64 grid units."""
+        program: list[tuple] = []
         for layer in self:
             if isinstance(layer, nn.Conv2d):
                 w = round_half_up(layer.weight.double().clamp(-WEIGHT_LIMIT, WEIGHT_LIMIT) * 2**WEIGHT_FRAC_BITS)
-                acc = F.conv2d(x, w, None, padding=layer.padding)
+                b = None
                 if layer.bias is not None:
-                    acc = acc + round_half_up(layer.bias.double() * 2.0 ** (WEIGHT_FRAC_BITS + ACT_FRAC_BITS)).view(1, -1, 1, 1)
-                x = round_half_up(acc / 2**WEIGHT_FRAC_BITS)
+                    b = round_half_up(layer.bias.double() * 2.0 ** (WEIGHT_FRAC_BITS + ACT_FRAC_BITS))
+                program.append(("conv", w.contiguous(), b, layer.padding))
             elif isinstance(layer, FixedLeakyReLU):
-                x = torch.where(x < 0, round_half_up(x * LEAKY_SLOPE), x)
+                program.append(("leaky",))
             elif isinstance(layer, nn.PixelShuffle):
-                x = layer(x)
+                program.append(("shuffle", layer.upscale_factor))
             else:
                 raise TypeError(f"ExactNet cannot evaluate {type(layer).__name__} exactly")
-            x = x.clamp(-limit, limit)
+        return program
+
+    @torch.no_grad()
+    def exact(self, x_units: torch.Tensor, program: list[tuple] | None = None) -> torch.Tensor:
+        """Evaluate on grid units (integer-valued float64 on the CPU); returns grid units.
+
+        Every value is an integer below 2^53, so in-place and reordered operations give the
+        same bits: round_half_up(acc / 2^12) is floor(acc * 2^-12 + 0.5) (a power of two
+        scales exactly), and LeakyReLU(1/8) on integers is max(x, round_half_up(x / 8)).
+        """
+        limit = ACT_LIMIT * GRID
+        x = x_units.clamp(-limit, limit)
+        for op in program if program is not None else self.integer_layers():
+            if op[0] == "conv":
+                x = F.conv2d(x, op[1], op[2], padding=op[3])
+                x.mul_(2.0**-WEIGHT_FRAC_BITS).add_(0.5).floor_()
+            elif op[0] == "leaky":
+                x = torch.maximum(x, (x * LEAKY_SLOPE).add_(0.5).floor_())
+            else:
+                x = F.pixel_shuffle(x, op[1])
+            x.clamp_(-limit, limit)
         return x
 
 
@@ -122,12 +142,13 @@ class PortableEvaluator:
         # Standard layout whatever the codec's: one memory format, one summation order.
         self.net = copy.deepcopy(net).to(device="cpu", dtype=torch.float64, memory_format=torch.contiguous_format).eval()
         self.exact = isinstance(net, ExactNet)
+        self.program = self.net.integer_layers() if self.exact else None  # integer weights, made once
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         units = to_grid(x.detach().cpu().contiguous())
         if self.exact:
-            out = self.net.exact(units)
+            out = self.net.exact(units, self.program)
         else:
             out = to_grid(self.net(units / GRID))
         return out / GRID

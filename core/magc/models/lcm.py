@@ -126,13 +126,15 @@ class LatentCompressionModule(nn.Module):
 
         free = cfg.map_encoder == "none"
         self.map_encoder = MapFeatureEncoder(cfg.map_encoder, map_channels, feat, norm)
-        self.ga_1 = _stage(nn.Conv2d(in_channels or latent_channels, N, 3, padding=1), N, nb, norm)
-        self.ga_sem1 = _conditioned(N, feat, norm, dead, free)
-        self.ga_2 = _stage(Downsample(N), N, nb, norm)
-        self.ga_sem2 = _conditioned(N, feat, norm, dead, free)
-        self.ga_3 = _stage(Downsample(N), N, nb, norm)
-        self.ga_sem3 = _conditioned(N, feat, norm, dead, free)
-        self.ga_4 = nn.Conv2d(N, M, 3, padding=1)
+        Na = cfg.analysis_width or N
+        nba = nb if cfg.analysis_blocks is None else cfg.analysis_blocks
+        self.ga_1 = _stage(nn.Conv2d(in_channels or latent_channels, Na, 3, padding=1), Na, nba, norm)
+        self.ga_sem1 = _conditioned(Na, feat, norm, dead, free)
+        self.ga_2 = _stage(Downsample(Na), Na, nba, norm)
+        self.ga_sem2 = _conditioned(Na, feat, norm, dead, free)
+        self.ga_3 = _stage(Downsample(Na), Na, nba, norm)
+        self.ga_sem3 = _conditioned(Na, feat, norm, dead, free)
+        self.ga_4 = nn.Conv2d(Na, M, 3, padding=1)
 
         self.gs_1 = _stage(nn.Conv2d(M, N, 3, padding=1), N, nb, norm)
         self.gs_sem1 = _conditioned(N, feat, norm, dead, free)

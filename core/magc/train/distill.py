@@ -1,17 +1,20 @@
-"""Encoder distillation: a smaller analysis side for trained lite weights, without stage 1.
+"""Encoder-side distillation: a smaller analysis side for trained lite weights, without stage 1.
 
-Encoding is dominated by the autoencoder's encoder, which runs on every pixel and its halo
-(make bench profile: 2.1 of 3.5 s on tile 7 part 1). The quality is set by what the latent
-goes through afterwards (the LCM, the denoiser, the decoder); the encoder only has to find
-the latent they were trained on. So a smaller encoder (the preset's ``encoder_widths`` /
-``encoder_blocks``) learns to give the trained one's outputs, on the training tiles:
+Encoding runs two networks on every pixel and its halo: the autoencoder's encoder E (to z0)
+and the LCM's analysis transform A (z0 and the map to y). The quality is set by what y goes
+through afterwards (the entropy model, the synthesis, the denoiser, the decoder); the
+encoder side only has to find the y they were trained on. So a smaller encoder side (the
+preset's ``encoder_widths`` / ``encoder_blocks`` and ``analysis_width`` /
+``analysis_blocks``) learns to give the trained one's outputs, on the training tiles:
 
-    loss = ‖E_s(x) − E_t(x)‖² / var(E_t(x)) + ‖A(E_s(x), m) − A(E_t(x), m)‖² / var(A(E_t(x), m))
+    loss = ‖E_s(x) − E_t(x)‖² / var(E_t(x)) + ‖A_s(E_s(x), m) − A_t(E_t(x), m)‖² / var(A_t(E_t(x), m))
 
-where A is the frozen LCM analysis with the map m: y is what gets quantised, so its error
-counts as well as z0's. Everything else (decoder, LCM, entropy tables, latent scale,
-denoiser) is the teacher's, bit for bit, so the decoder of a file is unchanged; only the
-latents the encoder finds, and so the bits, move.
+y is what gets quantised, so its error is the one that counts; z0's keeps the encoder near
+the teacher's latent space. Encoder-side tensors of the teacher's shape start from the
+teacher's, the others from a seeded random initialisation. Everything else (decoder, map
+encoder, synthesis, entropy nets and tables, latent scale, denoiser) is the teacher's, bit
+for bit, so the decoder of a file is unchanged; only the latents the encoder finds, and so
+the bits, move.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import PresetConfig, load_preset
 from ..errors import UsageError
@@ -31,7 +35,13 @@ from ..models.weights import load_into, load_state, preset_of
 from .data import CropSampler, load_index, load_scene
 from .loop import LoopConfig, run_loop
 
-ENCODER_KEYS = "autoencoder.encoder."
+ENCODER_SIDE = ("autoencoder.encoder.", "lcm.ga_")  # state-dict prefixes of what only encoding runs
+
+
+def encoder_side(codec: MagcCodec) -> nn.ModuleList:
+    """The modules that only encoding runs: the autoencoder's encoder and the LCM analysis."""
+    analysis = [module for name, module in codec.lcm.named_children() if name.startswith("ga_")]
+    return nn.ModuleList([codec.autoencoder.encoder, *analysis])
 
 
 @dataclass
@@ -44,8 +54,8 @@ class DistillRecipe:
 
 
 def _student_of(teacher_weights: Path, preset: PresetConfig) -> tuple[MagcCodec, MagcCodec]:
-    """(teacher, student): the student is the preset's codec holding every teacher weight but
-    the encoder's, which starts from a seeded random initialisation."""
+    """(teacher, student): the student is the preset's codec holding every teacher weight off
+    the encoder side, and on it those of the teacher's shape (the rest seeded at random)."""
     teacher_preset = preset_of(teacher_weights)
     if teacher_preset.name != preset.name or preset.method != "magc" or preset.autoencoder.kind != "lite":
         raise UsageError(f"{teacher_weights} holds preset {teacher_preset.name!r}; distillation needs trained weights of "
@@ -54,21 +64,22 @@ def _student_of(teacher_weights: Path, preset: PresetConfig) -> tuple[MagcCodec,
     teacher = build_codec(teacher_preset)
     load_into(teacher, state)
     student = build_codec(preset)
-    shared = {k: v for k, v in state.items() if not k.startswith(ENCODER_KEYS)}
-    load_into(student, shared, strict=False)
-    own = {k for k in student.state_dict() if not k.startswith(ENCODER_KEYS)}
-    if own != set(shared):
-        raise UsageError(f"{teacher_weights} and preset {preset.name!r} differ beyond the encoder; "
-                         "distillation replaces only the encoder")
+    shared = {k: v for k, v in state.items() if not k.startswith(ENCODER_SIDE)}
+    own = student.state_dict()
+    if {k for k in own if not k.startswith(ENCODER_SIDE)} != set(shared):
+        raise UsageError(f"{teacher_weights} and preset {preset.name!r} differ beyond the encoder side; "
+                         "distillation replaces only the encoder and the LCM analysis")
+    same_shape = {k: v for k, v in state.items() if k.startswith(ENCODER_SIDE) and k in own and own[k].shape == v.shape}
+    load_into(student, {**shared, **same_shape}, strict=False)
     for codec in (teacher, student):
         codec.eval().requires_grad_(False)
-    student.autoencoder.encoder.requires_grad_(True).train()
+    encoder_side(student).requires_grad_(True).train()  # BatchNorm statistics as stage 1 keeps them
     return teacher, student
 
 
 def distill_encoder(teacher_weights: Path, preset_name: str, data_dir: Path, run_dir: Path,
                     recipe: DistillRecipe = DistillRecipe()) -> MagcCodec:
-    """Train the preset's encoder to reproduce the teacher's latents (resumable); returns the student codec."""
+    """Train the preset's encoder side to reproduce the teacher's latents (resumable); returns the student codec."""
     preset = load_preset(preset_name)
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
@@ -79,8 +90,8 @@ def distill_encoder(teacher_weights: Path, preset_name: str, data_dir: Path, run
                                                      "argv": sys.argv, "init": str(teacher_weights),
                                                      "entropy_tables_from_init": True}, indent=1))
     sampler = CropSampler([load_scene(data_dir, item) for item in load_index(data_dir, "train")], recipe.crop, seed=recipe.seed + 3)
-    encoder = student.autoencoder.encoder
-    optimizers = {"main": torch.optim.AdamW(encoder.parameters(), lr=recipe.lr, weight_decay=1e-4)}
+    trained = encoder_side(student)
+    optimizers = {"main": torch.optim.AdamW(trained.parameters(), lr=recipe.lr, weight_decay=1e-4)}
     classes = preset.map.num_classes
 
     def step(i: int) -> dict[str, float]:
@@ -90,17 +101,17 @@ def distill_encoder(teacher_weights: Path, preset_name: str, data_dir: Path, run
             z_teacher = teacher.autoencoder.encode(x)
             y_teacher = teacher.lcm.analysis(z_teacher, sems)
         z_student = student.autoencoder.encode(x)
-        y_student = student.lcm.analysis(z_student, sems)
+        y_student = student.lcm.analysis(z_student, sems)  # the student's own analysis
         z_error = F.mse_loss(z_student, z_teacher) / z_teacher.var()
         y_error = F.mse_loss(y_student, y_teacher) / y_teacher.var()
         loss = z_error + y_error
         optimizers["main"].zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         optimizers["main"].step()
         return {"loss": loss.item(), "z_relative_mse": z_error.item(), "y_relative_mse": y_error.item()}
 
-    run_loop("distill", run_dir, LoopConfig(recipe.steps, recipe.lr, warmup=min(100, recipe.steps)), {"encoder": encoder},
+    run_loop("distill", run_dir, LoopConfig(recipe.steps, recipe.lr, warmup=min(100, recipe.steps)), {"encoder_side": trained},
              optimizers, step, rng_state=lambda: {"sampler": sampler.rng.bit_generator.state},
              set_rng_state=lambda s: setattr(sampler.rng.bit_generator, "state", s["sampler"]))
     return student.eval().requires_grad_(False)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import UsageError
+
 
 @dataclass
 class LoopConfig:
@@ -42,6 +44,18 @@ def closes_log_window(step: int, cfg: LoopConfig) -> bool:
     return (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
 
 
+def _resume_modules(ckpt_path: Path, saved: dict[str, dict], modules: dict[str, torch.nn.Module]) -> None:
+    """Load the checkpoint's modules, or say why it belongs to another run (an older version of
+    this command, or another preset size) instead of a KeyError or a shape dump."""
+    try:
+        for key, module in modules.items():
+            module.load_state_dict(saved[key])
+    except (KeyError, RuntimeError) as exc:
+        raise UsageError(f"{ckpt_path} is the checkpoint of another run (it holds {', '.join(sorted(saved))}; "
+                         f"this run trains {', '.join(modules)}, maybe of another size): give another --run folder, "
+                         "or remove it to start again") from exc
+
+
 def run_loop(
     name: str,
     run_dir: Path,
@@ -62,8 +76,7 @@ def run_loop(
     start = 0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        for key, module in modules.items():
-            module.load_state_dict(state["modules"][key])
+        _resume_modules(ckpt_path, state["modules"], modules)
         for key, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][key])
         start = int(state["step"])

@@ -19,10 +19,15 @@ import torch
 from ..config import PresetConfig, load_preset
 from ..errors import InputError, UsageError
 from ..models.codec import MagcCodec
-from ..models.loading import build_codec
+from ..models.loading import REPO_WEIGHTS, build_codec
 from ..models.weights import load_into, load_state, preset_of, save_weights, write_manifest
 from .data import CropSampler, load_index, load_scene
 from .loop import LoopConfig
+
+
+# SPRDiff's frozen VAE: lite stage 1's autoencoder, scaled, as sprdiff-lite holds it (lite itself
+# now has a smaller, distilled encoder, which does not fit sprdiff-lite's VAE)
+DEFAULT_VAE = REPO_WEIGHTS / "sprdiff-lite.safetensors"
 
 
 @dataclass
@@ -38,7 +43,7 @@ class Recipe:
     critic_steps: int = 5000  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
     semantic_weight: float = 0.1  # ... and the weight of its cross-entropy in stage 2's path loss
     seed: int = 0
-    vae_weights: str = "resources/weights/sprdiff-lite.safetensors"  # SPRDiff's frozen VAE (lite stage 1's autoencoder)
+    vae_weights: str | None = None  # SPRDiff's frozen VAE; None: DEFAULT_VAE
 
 
 def _load_modules(codec: torch.nn.Module, ckpt: Path) -> None:
@@ -82,7 +87,7 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         from .sprdiff_stages import load_vae, train_stage1 as stage1_fn, train_stage2 as stage2_fn
 
         if init is None:  # else the --init weights hold the VAE
-            load_vae(codec, Path(recipe.vae_weights))
+            load_vae(codec, Path(recipe.vae_weights) if recipe.vae_weights else DEFAULT_VAE)
     else:
         from .magc_stages import train_stage1 as stage1_fn, train_stage2 as stage2_fn
     from .magc_stages import uses_decode_path

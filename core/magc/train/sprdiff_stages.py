@@ -26,9 +26,7 @@ from .loop import LoopConfig, run_loop
 from .magc_stages import (DENSITY_LR_FACTOR, GAIN_LR_FACTOR, GAMMA_LATENT, bits_per_pixel, distortion,
                           fit_latent_scale, rate_distortion_step)
 
-# lite stage 1's autoencoder, scaled, as sprdiff-lite holds it (lite itself now has a smaller,
-# distilled encoder, which does not fit sprdiff-lite's VAE)
-DEFAULT_VAE = Path(__file__).resolve().parents[3] / "resources" / "weights" / "sprdiff-lite.safetensors"
+from .recipe import DEFAULT_VAE
 
 
 def load_vae(codec: SprdiffCodec, weights: Path = DEFAULT_VAE) -> None:
