@@ -44,9 +44,10 @@ def test_manifest_matches_the_file(lite) -> None:
 
 def test_shipped_weights_hold_the_lite_preset(lite) -> None:
     """The file carries its own preset; it must be the one `magc presets` and training show
-    (e.g. its distilled encoder's size), or the two would describe different models."""
+    (e.g. its distilled encoder side's size), or the two would describe different models."""
     assert lite.preset == load_preset("lite")
-    assert lite.preset.autoencoder.encoder_widths == [32, 96] and lite.preset.autoencoder.encoder_blocks == 1
+    autoencoder, lcm = lite.preset.autoencoder, lite.preset.lcm
+    assert (autoencoder.encoder_widths, autoencoder.encoder_blocks, lcm.analysis_width, lcm.analysis_blocks) == ([32, 96], 0, 32, 1)
 
 
 def test_manifest_records_measured_bpp_per_rate() -> None:
