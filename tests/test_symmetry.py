@@ -90,7 +90,7 @@ def test_exact_net_is_order_independent() -> None:
 
 def _reference_exact(net: ExactNet, units: torch.Tensor) -> torch.Tensor:
     """The integer arithmetic as docs/FORMAT.md states it, one operation at a time."""
-    from magc.models.entropy_net import ACT_LIMIT, GRID, WEIGHT_LIMIT, FixedLeakyReLU
+    from magc.models.entropy_net import ACT_LIMIT, GRID, WEIGHT_LIMIT
 
     limit = ACT_LIMIT * GRID
     x = units.clamp(-limit, limit)

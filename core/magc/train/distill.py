@@ -39,9 +39,13 @@ ENCODER_SIDE = ("autoencoder.encoder.", "lcm.ga_")  # state-dict prefixes of wha
 
 
 def encoder_side(codec: MagcCodec) -> nn.ModuleList:
-    """The modules that only encoding runs: the autoencoder's encoder and the LCM analysis."""
-    analysis = [module for name, module in codec.lcm.named_children() if name.startswith("ga_")]
-    return nn.ModuleList([codec.autoencoder.encoder, *analysis])
+    """The modules ``ENCODER_SIDE`` names (the outermost ones, in registration order), so that
+    what distillation trains and which tensors it replaces come from one definition."""
+    def named(name: str) -> bool:
+        return f"{name}.".startswith(ENCODER_SIDE)
+
+    return nn.ModuleList(module for name, module in codec.named_modules()
+                         if name and named(name) and not named(name.rpartition(".")[0]))
 
 
 @dataclass
