@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import random
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from magc.api import decode_raster, encode_raster, read_info
-from magc.bitstream import BitstreamReader, Header, TileRecord, pack_mask, read_varint, unpack_mask, write_varint
+from magc.bitstream import MAGIC, BitstreamReader, Header, TileRecord, pack_mask, read_varint, unpack_mask, write_varint
 from magc.errors import FormatError
 
 from conftest import smooth_image, write_geotiff
@@ -68,9 +70,50 @@ def test_smooth_mask_is_cheap() -> None:
 
 
 def test_tile_record_round_trip() -> None:
-    record = TileRecord(streams=[(b"abc", 513), (b"", 7), (b"xyz" * 40, 65535)], mask=b"m" * 5, map_bytes=b"\x00" * 3)
+    record = TileRecord(streams=[(b"abc", 513), (b"", 7), (b"xyz" * 40, 65535)], mask=b"m" * 5, map_bytes=b"\x00" * 3,
+                        means=bytes([0, 128, 255, 7, 9]))
     flags, payload = record.encode()
-    assert TileRecord.decode(flags, payload, 3) == record
+    assert TileRecord.decode(flags, payload, 3, bands=5) == record
+    version_1 = TileRecord(streams=record.streams, mask=record.mask, map_bytes=record.map_bytes)
+    assert TileRecord.decode(*version_1.encode(), 3) == version_1
+
+
+def _as_version_1(data: bytes, tiles: int, planes: int) -> bytes:
+    """The same file as written before band means existed (version 1): records without them."""
+    reader = BitstreamReader(io.BytesIO(data))
+    raw = reader.header.encode()
+    head = io.BytesIO()
+    head.write(MAGIC + bytes([1]))
+    write_varint(head, len(raw))
+    head.write(raw)
+    out = io.BytesIO()
+    out.write(head.getvalue() + struct.pack("<I", zlib.crc32(head.getvalue())))
+    for record in reader.tiles(tiles, planes):
+        if record.skipped:
+            out.write(b"\x00")
+            continue
+        record.means = None
+        flags, payload = record.encode()
+        n = io.BytesIO()
+        write_varint(n, len(payload) << 2 | flags)
+        out.write(n.getvalue() + payload + struct.pack("<I", zlib.crc32(n.getvalue() + payload)))
+    return out.getvalue()
+
+
+def test_version_1_files_still_decode(valid_file, tmp_path, tiny_lite) -> None:
+    """Files written before the band means (version 1) decode as they did: without the shift."""
+    coded, _, data = valid_file
+    old = tmp_path / "old.magc"
+    old.write_bytes(_as_version_1(data, 6, 1))
+    info, new_info = read_info(old), read_info(coded)
+    assert (info["format_version"], new_info["format_version"]) == (1, 2)
+    assert info["bytes_by_part"]["band_means"] == 0 and new_info["bytes_by_part"]["band_means"] == 5 * 3
+    assert new_info["bytes"] - info["bytes"] == 5 * 3  # 5 coded tiles x 3 bands, nothing else moved
+    decode_raster(old, tmp_path / "old.tif", codec=tiny_lite)
+    decode_raster(coded, tmp_path / "new.tif", codec=tiny_lite)
+    from osgeo import gdal
+    a, b = (gdal.Open(str(tmp_path / n)).ReadAsArray().astype(int) for n in ("old.tif", "new.tif"))
+    assert a.shape == b.shape and not np.array_equal(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -147,5 +190,5 @@ def test_wrong_magic_and_version(valid_file, tmp_path) -> None:
     with pytest.raises(FormatError, match="not a MAGC file"):
         BitstreamReader(io.BytesIO(target.read_bytes()))
     target.write_bytes(data[:4] + bytes([9]) + data[5:])
-    with pytest.raises(FormatError, match="version 9"):
+    with pytest.raises(FormatError, match="version 9 .*versions 1, 2"):
         BitstreamReader(io.BytesIO(target.read_bytes()))

@@ -123,9 +123,9 @@ def test_truncated_and_corrupted_files(workdir: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.magc").write_bytes(bytes(flipped))
     assert_clean_failure(magc("decode", tmp_path / "bad.magc", "-o", tmp_path / "x.tif", "--map", workdir / "buildings.gpkg", "--device", "cpu", "-q"), "corrupted")
     wrong_version = bytearray(data)
-    wrong_version[4] = 2
-    (tmp_path / "v2.magc").write_bytes(bytes(wrong_version))
-    assert_clean_failure(magc("info", tmp_path / "v2.magc"), "version 2")
+    wrong_version[4] = 3
+    (tmp_path / "v3.magc").write_bytes(bytes(wrong_version))
+    assert_clean_failure(magc("info", tmp_path / "v3.magc"), "version 3")
     assert not (tmp_path / "x.tif").exists()
 
 

@@ -37,15 +37,16 @@ def read_info(path: str | Path) -> dict:
         header = reader.header
         info = info_from_header(header)
         grid = TileGrid(header.width, header.height, header.tile, 0, header.blend)
-        skipped = streams = maps = masks = 0
+        skipped = streams = maps = masks = colour = 0
         for record in reader.tiles(len(grid), len(info.planes)):
             skipped += record.skipped
             streams += sum(len(s) for s, _ in record.streams)
             maps += len(record.map_bytes or b"")
             masks += len(record.mask or b"")
+            colour += len(record.means or b"")
     size = path.stat().st_size
     data = {
-        "file": str(path), "bytes": size, "width": header.width, "height": header.height,
+        "file": str(path), "format_version": reader.version, "bytes": size, "width": header.width, "height": header.height,
         "bands": header.bands, "dtype": header.dtype, "geotransform": list(header.geotransform),
         "crs": f"EPSG:{header.epsg}" if header.epsg else (header.crs_wkt or None),
         "nodata": header.nodata, "alpha_band": header.alpha_band, "preset": header.preset,
@@ -53,7 +54,10 @@ def read_info(path: str | Path) -> dict:
         "tiles": len(grid), "skipped_tiles": skipped, "map_fingerprint": header.map_fingerprint.hex(),
         "map_embedded": header.map_embedded, "seed": header.seed,
         "bpp": 8 * size / (header.width * header.height),
-        "bytes_by_part": {"streams": streams, "nodata_masks": masks, "embedded_map": maps, "header_and_framing": size - streams - masks - maps},
+        "bytes_by_part": {
+            "streams": streams, "band_means": colour, "nodata_masks": masks, "embedded_map": maps,
+            "header_and_framing": size - streams - colour - masks - maps,
+        },
     }
     return data
 

@@ -14,6 +14,7 @@ Layout (all integers are unsigned LEB128 varints unless a width is given)::
                 rate:u8, tile/64, blend, map_fingerprint (8 bytes), seed:u32le
     payload   = [mask: length + zlib(per-row transitions, see pack_mask)]                 flag 1
                 [map: length + zlib(map window bytes)]                                   flag 2
+                means: one u8 per coded band (mean over the core's valid pixels x 255)  version 2
                 per plane: [length (all but the last)] rANS stream, symbol_check:u16le
 
 Every byte counts in the reported bits per pixel. The CRCs make any truncation or bit flip a
@@ -32,7 +33,8 @@ import numpy as np
 from .errors import FormatError
 
 MAGIC = b"MAGC"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no band means
 MAX_VARINT_BYTES = 10
 
 F_NORTH_UP = 1
@@ -195,6 +197,7 @@ class TileRecord:
     streams: list[tuple[bytes, int]] = field(default_factory=list)
     mask: bytes | None = None
     map_bytes: bytes | None = None
+    means: bytes | None = None  # one byte per coded band; None in version 1 files
 
     @property
     def skipped(self) -> bool:
@@ -211,6 +214,8 @@ class TileRecord:
             flags |= T_MAP
             write_varint(out, len(self.map_bytes))
             out.write(self.map_bytes)
+        if self.means is not None:
+            out.write(self.means)
         for i, (stream, check) in enumerate(self.streams):
             if i < len(self.streams) - 1:
                 write_varint(out, len(stream))
@@ -219,13 +224,16 @@ class TileRecord:
         return flags, out.getvalue()
 
     @classmethod
-    def decode(cls, flags: int, payload: bytes, planes: int) -> "TileRecord":
+    def decode(cls, flags: int, payload: bytes, planes: int, bands: int = 0) -> "TileRecord":
+        """``bands``: how many band means precede the streams (0 in version 1 files)."""
         data = io.BytesIO(payload)
         record = cls()
         if flags & T_MASK:
             record.mask = _read_exact(data, read_varint(data, "tile"), "tile")
         if flags & T_MAP:
             record.map_bytes = _read_exact(data, read_varint(data, "tile"), "tile")
+        if bands:
+            record.means = _read_exact(data, bands, "tile")
         for i in range(planes):
             if i < planes - 1:
                 stream = _read_exact(data, read_varint(data, "tile"), "tile")
@@ -246,6 +254,7 @@ class BitstreamWriter:
 
     def __init__(self, out: BinaryIO, header: Header) -> None:
         self.out = out
+        self.coded_bands = coded_band_count(header)
         raw = header.encode()
         prefix = io.BytesIO()
         prefix.write(MAGIC + bytes([VERSION]))
@@ -257,11 +266,14 @@ class BitstreamWriter:
         self.map_bytes = 0
         self.mask_bytes = 0
         self.stream_bytes = 0
+        self.colour_bytes = 0
 
     def write_tile(self, record: TileRecord) -> None:
         if record.skipped:
             self.out.write(b"\x00")
             return
+        if record.means is None or len(record.means) != self.coded_bands:
+            raise ValueError(f"a version {VERSION} tile record needs {self.coded_bands} band means")
         flags, payload = record.encode()
         head = io.BytesIO()
         write_varint(head, len(payload) << 2 | flags)
@@ -269,6 +281,7 @@ class BitstreamWriter:
         self.map_bytes += len(record.map_bytes or b"")
         self.mask_bytes += len(record.mask or b"")
         self.stream_bytes += sum(len(s) for s, _ in record.streams)
+        self.colour_bytes += len(record.means)
 
 
 class BitstreamReader:
@@ -280,8 +293,10 @@ class BitstreamReader:
         if len(magic) < 4 or magic != MAGIC:
             raise FormatError("not a MAGC file (wrong magic bytes)")
         version = _read_exact(data, 1, "version")[0]
-        if version != VERSION:
-            raise FormatError(f"unsupported MAGC file version {version} (this reader reads version {VERSION})")
+        if version not in READABLE_VERSIONS:
+            readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+            raise FormatError(f"unsupported MAGC file version {version} (this reader reads versions {readable})")
+        self.version = version
         length_bytes = io.BytesIO()
         size = read_varint(data, "header length")
         write_varint(length_bytes, size)
@@ -294,6 +309,7 @@ class BitstreamReader:
         self.header = Header.decode(raw)
 
     def tiles(self, count: int, planes: int) -> Iterator[TileRecord]:
+        bands = coded_band_count(self.header) if self.version >= 2 else 0
         for index in range(count):
             n = read_varint(self.data, f"tile {index}")
             if n == 0:
@@ -306,9 +322,14 @@ class BitstreamReader:
             write_varint(head, n)
             if zlib.crc32(head.getvalue() + payload) != crc:
                 raise FormatError(f"tile {index} is corrupted (checksum mismatch)")
-            yield TileRecord.decode(flags, payload, planes)
+            yield TileRecord.decode(flags, payload, planes, bands)
         if self.data.read(1):
             raise FormatError("corrupted file: unexpected data after the last tile")
+
+
+def coded_band_count(header: Header) -> int:
+    """Bands that are coded (the alpha band is the nodata mask, not coded)."""
+    return header.bands - (1 if header.alpha_band is not None else 0)
 
 
 def _zigzag(value: int) -> int:

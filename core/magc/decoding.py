@@ -5,7 +5,8 @@ with the neighbours' latents -> sampling -> blended GeoTIFF windows.
 
     BitstreamReader (every record verified first) ──> codec.decompress ──> ŷ per tile
     ŷ of the 3 x 3 neighbourhood + map window ──> codec.synthesise ──> z~
-    z~ ──> codec.generate (noise from one global field) ──> codec.reconstruct ──> Blender ──> GeoTIFF
+    z~ ──> codec.generate (noise from one global field) ──> codec.reconstruct
+       ──> colour.match_means (the tile's stored band means) ──> Blender ──> GeoTIFF
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from .bitstream import BitstreamReader, Header, TileRecord, unpack_mask
+from .colour import match_means
 from .config import SamplerConfig
 from .errors import FormatError, InputError, MapMismatchError, ModelMismatchError, UsageError
 from .maps import Grid, open_map
@@ -98,6 +100,7 @@ class _TileDecoder:
         self.planes = coded_index(info)
         self.latents: dict[tuple[int, int], list[torch.Tensor] | None] = {}
         self.masks: dict[tuple[int, int], np.ndarray] = {}
+        self.means: dict[tuple[int, int], bytes] = {}
         self.noise = NoiseField(seed, loaded.preset.autoencoder.latent_channels)
         self.M = loaded.preset.lcm.M
 
@@ -109,6 +112,8 @@ class _TileDecoder:
             return
         if record.mask is not None:
             self.masks[(r, c)] = unpack_mask(record.mask, core.height, core.width)
+        if record.means is not None:
+            self.means[(r, c)] = record.means
         coded_window = self.grid.coded(r, c)
         shape = (coded_window.height // 32, coded_window.width // 32)
         if len(record.streams) != len(self.planes):
@@ -121,6 +126,7 @@ class _TileDecoder:
         for key in [k for k in self.latents if k[0] < row]:
             del self.latents[key]
             self.masks.pop(key, None)
+            self.means.pop(key, None)
 
     def output_valid(self, r: int, c: int) -> np.ndarray:
         """Validity over ``grid.output(r, c)``: this core's mask, True around it (the
@@ -163,8 +169,12 @@ class _TileDecoder:
         window = self.grid.context(r, c)
         map_window = read_padded(self.map_read, window, self.info.width, self.info.height)
         map_input = codec.map_input(map_window).to(device)
-        out = self.grid.output(r, c)
+        out, core = self.grid.output(r, c), self.grid.core(r, c)
         oy, ox = out.y0 - window.y0, out.x0 - window.x0
+        core_in_out = (slice(core.y0 - out.y0, core.y0 - out.y0 + core.height), slice(core.x0 - out.x0, core.x0 - out.x0 + core.width))
+        core_valid = self.masks.get((r, c), np.ones((core.height, core.width), bool))
+        means = self.means.get((r, c))
+        first_band = 0
         values = []
         with torch.no_grad():
             for plane, bands in enumerate(self.planes):
@@ -172,7 +182,11 @@ class _TileDecoder:
                 z_tilde = codec.synthesise(y_hat.float(), map_input)
                 noise = lambda step, plane=plane: self.noise.window(step * 16 + plane, window).to(device)  # noqa: E731
                 image = codec.reconstruct(codec.generate(z_tilde, map_input, noise, self.sampler))
-                values.append(plane_values(image[:, :, oy:oy + out.height, ox:ox + out.width], len(bands)))
+                plane = plane_values(image[:, :, oy:oy + out.height, ox:ox + out.width], len(bands))
+                if means is not None:
+                    plane = match_means(plane, core_in_out, core_valid, means[first_band:first_band + len(bands)])
+                values.append(plane)
+                first_band += len(bands)
         return np.concatenate(values)
 
 

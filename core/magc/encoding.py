@@ -3,7 +3,8 @@
 ::
 
     raster windows (GDAL, core + halo) ──> codec.analyse (with the map window) ──> y of the core
-    y ──> codec.compress (one rANS stream per plane) ──> TileRecord ──> BitstreamWriter
+    y ──> codec.compress (one rANS stream per plane) ──┐
+    the core's band means (colour.band_means) ─────────┴──> TileRecord ──> BitstreamWriter
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from .bitstream import BitstreamWriter, Header, TileRecord, pack_mask
+from .colour import band_means
 from .errors import UsageError
 from .maps import Grid, open_map
 from .models.loading import LoadedCodec, load_codec
@@ -33,6 +35,7 @@ class EncodeReport:
     file_bytes: int
     header_bytes: int
     stream_bytes: int
+    colour_bytes: int
     mask_bytes: int
     map_bytes: int
     framing_bytes: int
@@ -73,8 +76,9 @@ class _TileEncoder:
         self.info = reader.info
         self.planes = coded_index(reader.info)
 
-    def analyse(self, r: int, c: int) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray] | None:
-        """Per-plane latents y of the core, the core's valid mask and map; None if all nodata."""
+    def analyse(self, r: int, c: int) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray, bytes] | None:
+        """Per-plane latents y of the core, the core's valid mask, map and band means (in plane
+        order, as the decoder outputs them); None if all nodata."""
         info, grid, codec = self.info, self.grid, self.loaded.codec
         core, coded, window = grid.core(r, c), grid.coded(r, c), grid.context(r, c)
         stacked = read_padded(lambda *w: _stack(self.reader.read(*w)), window, info.width, info.height)
@@ -83,6 +87,8 @@ class _TileEncoder:
         core_valid = valid[oy:oy + core.height, ox:ox + core.width]
         if not core_valid.any():
             return None
+        core_planes = planes[:, oy:oy + core.height, ox:ox + core.width]
+        means = band_means(core_planes[[b for bands in self.planes for b in bands]], core_valid)
         planes = fill_invalid(planes, valid)
         map_window = read_padded(self.map_source.read, window, info.width, info.height)
         map_input = codec.map_input(map_window).to(self.loaded.device)
@@ -92,13 +98,13 @@ class _TileEncoder:
                 y = codec.analyse(plane_tensor(planes, bands, self.loaded.device), map_input)
                 latents.append(crop_latent(y, grid.halo, coded))
         core_map = map_window[..., oy:oy + core.height, ox:ox + core.width]
-        return latents, core_valid, core_map
+        return latents, core_valid, core_map, means
 
     def record(self, analysed, rate: int, embed_map: bool) -> TileRecord:
         if analysed is None:
             return TileRecord()
-        latents, core_valid, core_map = analysed
-        record = TileRecord()
+        latents, core_valid, core_map, means = analysed
+        record = TileRecord(means=means)
         for y in latents:
             coded = self.loaded.codec.compress(y, rate)
             record.streams.append((coded.data, coded.symbol_check))
@@ -188,10 +194,10 @@ def encode_raster(
     tick(progress, None, 1.0, "done")
     size = output.stat().st_size
     pixels = info.width * info.height
-    framing = size - writer.header_bytes - writer.stream_bytes - writer.mask_bytes - writer.map_bytes
+    framing = size - writer.header_bytes - writer.stream_bytes - writer.colour_bytes - writer.mask_bytes - writer.map_bytes
     return EncodeReport(
         output=str(output), width=info.width, height=info.height, file_bytes=size,
-        header_bytes=writer.header_bytes, stream_bytes=writer.stream_bytes, mask_bytes=writer.mask_bytes,
+        header_bytes=writer.header_bytes, stream_bytes=writer.stream_bytes, colour_bytes=writer.colour_bytes, mask_bytes=writer.mask_bytes,
         map_bytes=writer.map_bytes, framing_bytes=framing, bpp=8 * size / pixels,
         bpp_without_map=8 * (size - writer.map_bytes) / pixels, tiles=len(grid), skipped_tiles=skipped,
         preset=loaded.preset.name, rate=rate, device=str(loaded.device), seconds=time.perf_counter() - start,
