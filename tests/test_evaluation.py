@@ -13,6 +13,7 @@ from osgeo import ogr
 
 from magc.cli import main
 from magc.evaluation import _patches
+from magc.map_layers import CLASS_SCHEMA
 from magc.perceptual import BACKBONES, PerceptualMetrics, checkpoint_path
 from magc.train.data import prepare_image
 
@@ -56,8 +57,13 @@ def test_eval_table_plot_and_baselines(val_data: Path, tmp_path: Path, monkeypat
     assert lite["bpp"] <= jp2["bpp"] <= 1.15 * lite["bpp"]  # matched rate: JPEG 2000 gets at least as many bits
     assert lite["psnr"] > 15 and 0.5 < lite["ms_ssim"] < 1
     assert table["summary"]["segmentation_miou_on_originals"] > 0.3
+    on_originals = table["summary"]["segmentation_iou_per_class_on_originals"]
+    assert set(on_originals) == {f"iou_{name}" for name in CLASS_SCHEMA.values()}
+    assert on_originals["iou_background"] > 0.3
     for row in rows.values():
         assert 0 <= row["miou"] <= 1 and row["fd_effnet"] > 0
+        present = [row[f"iou_{name}"] for name in CLASS_SCHEMA.values() if row[f"iou_{name}"] != "unavailable"]
+        assert present and row["miou"] == pytest.approx(np.mean(present))
         for metric, (_, checkpoint) in BACKBONES.items():
             assert row[metric].startswith("unavailable") and checkpoint in row[metric]
     with open(out / "table.csv") as handle:

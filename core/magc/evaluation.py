@@ -10,7 +10,8 @@ their lowest settings. Measured in one run on one machine:
 * FD-EffNet: Fréchet distance between EfficientNet-Lite0 features of 128 px patches of the
   originals and of the reconstructions (FID-style; comparable within this table only);
 * mIoU of the project's segmentation model applied to the reconstruction, against the
-  ground-truth labels (and the same model on the originals as the reference);
+  ground-truth labels (and the same model on the originals as the reference), and the IoU of
+  each class (``iou_<class>``), which shows where mIoU is lost;
 * LPIPS, DISTS, FID (``perceptual``): computed on the same patches only where their pretrained
   backbones are already on the machine, otherwise "unavailable: <why>".
 """
@@ -30,7 +31,8 @@ from tqdm import tqdm
 from .api import decode_raster, encode_raster
 from .baselines import encode_baseline
 from .map_layers import MapLayerSpec, feature_count
-from .metrics import compare_rasters, confusion_matrix, miou_from_confusion, psnr
+from .map_layers import CLASS_SCHEMA
+from .metrics import compare_rasters, confusion_matrix, iou_per_class, miou_from_confusion, psnr
 from .models.loading import load_codec
 from .perception import FeatureEmbedder, frechet_distance
 from .perceptual import PerceptualMetrics
@@ -80,6 +82,10 @@ class Accumulator:
                 self.perceptual_sums[metric] = self.perceptual_sums.get(metric, 0.0) + total
         self.patches += len(patches)
 
+    def class_ious(self) -> dict:
+        ious = iou_per_class(self.confusion) if self.confusion.sum() else [None] * len(CLASS_SCHEMA)
+        return {f"iou_{name}": "unavailable" if iou is None else iou for name, iou in zip(CLASS_SCHEMA.values(), ious)}
+
     def row(self, reference_features: np.ndarray | None, reference_inception: np.ndarray | None,
             perceptual: PerceptualMetrics) -> dict:
         features = _stack(self.features)
@@ -90,6 +96,7 @@ class Accumulator:
             "psnr": psnr(self.sq_err / self.values) if self.values else None,
             "ms_ssim": self.msssim_sum / self.msssim_area if self.msssim_area else None,
             "miou": miou_from_confusion(self.confusion) if self.confusion.sum() else "unavailable",
+            **self.class_ious(),
             "fd_effnet": fd if fd is not None else "unavailable",
             "encode_seconds": self.encode_seconds, "decode_seconds": self.decode_seconds,
             "images_above_target_bpp": self.unreached, **extra,
@@ -193,6 +200,7 @@ def run_evaluation(
     summary = {
         "preset": preset, "method": method, "split": split, "images": len(items),
         "segmentation_miou_on_originals": miou_from_confusion(reference.confusion) if reference.confusion.sum() else "unavailable",
+        "segmentation_iou_per_class_on_originals": reference.class_ious(),
         "rows": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items() if k in ("method", "rate", "bpp", "psnr", "ms_ssim", "miou", "fd_effnet")} for row in rows],
     }
     table = {"summary": summary, "rows": rows, "weights": loaded.source, "device": str(loaded.device)}

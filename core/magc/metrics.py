@@ -48,11 +48,16 @@ def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, classes: int, ign
     return np.bincount(t * classes + p, minlength=classes * classes).reshape(classes, classes)
 
 
-def miou_from_confusion(confusion: np.ndarray) -> float:
+def iou_per_class(confusion: np.ndarray) -> list[float | None]:
+    """IoU of each class (None where it is neither in the truth nor predicted)."""
     inter = np.diag(confusion).astype(np.float64)
     union = confusion.sum(0) + confusion.sum(1) - inter
-    ious = inter[union > 0] / union[union > 0]
-    return float(ious.mean()) if len(ious) else float("nan")
+    return [float(i / u) if u > 0 else None for i, u in zip(inter, union)]
+
+
+def miou_from_confusion(confusion: np.ndarray) -> float:
+    ious = [v for v in iou_per_class(confusion) if v is not None]
+    return float(np.mean(ious)) if ious else float("nan")
 
 
 def _windows(size: int, step: int = 1024) -> list[tuple[int, int]]:
