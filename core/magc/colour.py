@@ -17,17 +17,24 @@ def band_means(planes: np.ndarray, valid: np.ndarray) -> bytes:
     """Means of (C, h, w) values in [0, 1] over the valid pixels, one byte per band (x 255)."""
     if not valid.any():
         return bytes(len(planes))
-    means = planes[:, valid].astype(np.float64).mean(axis=1)
+    means = _masked_means(planes, valid)
     return bytes(int(v) for v in np.clip(np.rint(means * 255.0), 0, 255))
 
 
+def _masked_means(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-band float64 means over the valid pixels, without copying the selection."""
+    if valid.all():
+        return values.mean(axis=(1, 2), dtype=np.float64)
+    return values.mean(axis=(1, 2), dtype=np.float64, where=valid[None])
+
+
 def match_means(values: np.ndarray, core: tuple[slice, slice], valid: np.ndarray, means: bytes) -> np.ndarray:
-    """Shift each band of ``values`` (C, h, w) so that its mean over the valid pixels of the
-    ``core`` region equals the stored one; the whole window (core and blend band) moves by
-    the same amount. Values stay in [0, 1]."""
-    region = values[(slice(None),) + core]
+    """Shift each band of ``values`` (C, h, w, float32, changed in place and returned) so that its
+    mean over the valid pixels of the ``core`` region equals the stored one; the whole window
+    (core and blend band) moves by the same amount. Values stay in [0, 1]."""
     if not valid.any():
         return values
-    target = np.frombuffer(means, np.uint8).astype(np.float32) / 255.0
-    shift = target - region[:, valid].mean(axis=1)
-    return np.clip(values + shift[:, None, None].astype(np.float32), 0.0, 1.0)
+    target = np.frombuffer(means, np.uint8).astype(np.float64) / 255.0
+    shift = target - _masked_means(values[(slice(None),) + core], valid)
+    values += shift[:, None, None].astype(values.dtype)
+    return np.clip(values, 0.0, 1.0, out=values)
