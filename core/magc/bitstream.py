@@ -49,6 +49,11 @@ T_MASK = 1
 T_MAP = 2
 
 
+def coded_band_count(bands: int, alpha_band: int | None) -> int:
+    """Bands that are coded (the alpha band is the nodata mask, not coded)."""
+    return bands - (1 if alpha_band is not None else 0)
+
+
 def write_varint(out: BinaryIO, value: int) -> None:
     if value < 0:
         raise ValueError("varints are unsigned")
@@ -101,6 +106,10 @@ class Header:
     ranges: list[tuple[int, int]] = field(default_factory=list)
     map_embedded: bool = False
 
+    @property
+    def coded_bands(self) -> int:
+        return coded_band_count(self.bands, self.alpha_band)
+
     def flags(self) -> int:
         g = self.geotransform
         flags = F_NORTH_UP if g[2] == 0.0 and g[4] == 0.0 else 0
@@ -152,7 +161,7 @@ class Header:
         dtype = "uint16" if flags & F_UINT16 else "uint8"
         if not (0 < width < 2**31 and 0 < height < 2**31 and 1 <= bands <= 4):
             raise FormatError("corrupted header: impossible raster size")
-        coded = bands - (1 if alpha is not None else 0)
+        coded = coded_band_count(bands, alpha)
         ranges = [(read_varint(data, "header"), read_varint(data, "header")) for _ in range(coded)] if flags & F_UINT16 else []
         count = 4 if flags & F_NORTH_UP else 6
         values = struct.unpack(f"<{count}d", _read_exact(data, 8 * count, "header"))
@@ -254,7 +263,7 @@ class BitstreamWriter:
 
     def __init__(self, out: BinaryIO, header: Header) -> None:
         self.out = out
-        self.coded_bands = coded_band_count(header)
+        self.coded_bands = header.coded_bands
         raw = header.encode()
         prefix = io.BytesIO()
         prefix.write(MAGIC + bytes([VERSION]))
@@ -309,7 +318,7 @@ class BitstreamReader:
         self.header = Header.decode(raw)
 
     def tiles(self, count: int, planes: int) -> Iterator[TileRecord]:
-        bands = coded_band_count(self.header) if self.version >= 2 else 0
+        bands = self.header.coded_bands if self.version >= 2 else 0
         for index in range(count):
             n = read_varint(self.data, f"tile {index}")
             if n == 0:
@@ -325,11 +334,6 @@ class BitstreamReader:
             yield TileRecord.decode(flags, payload, planes, bands)
         if self.data.read(1):
             raise FormatError("corrupted file: unexpected data after the last tile")
-
-
-def coded_band_count(header: Header) -> int:
-    """Bands that are coded (the alpha band is the nodata mask, not coded)."""
-    return header.bands - (1 if header.alpha_band is not None else 0)
 
 
 def _zigzag(value: int) -> int:

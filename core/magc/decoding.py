@@ -128,15 +128,20 @@ class _TileDecoder:
             self.masks.pop(key, None)
             self.means.pop(key, None)
 
+    def core_in_output(self, r: int, c: int) -> tuple[slice, slice]:
+        """Where the core lies within ``grid.output(r, c)``."""
+        out, core = self.grid.output(r, c), self.grid.core(r, c)
+        oy, ox = core.y0 - out.y0, core.x0 - out.x0
+        return slice(oy, oy + core.height), slice(ox, ox + core.width)
+
     def output_valid(self, r: int, c: int) -> np.ndarray:
         """Validity over ``grid.output(r, c)``: this core's mask, True around it (the
         neighbours mark their own cores; the blender AND-s them)."""
-        out, core = self.grid.output(r, c), self.grid.core(r, c)
+        out = self.grid.output(r, c)
         valid = np.ones((out.height, out.width), bool)
         mask = self.masks.get((r, c))
         if mask is not None:
-            oy, ox = core.y0 - out.y0, core.x0 - out.x0
-            valid[oy:oy + core.height, ox:ox + core.width] = mask
+            valid[self.core_in_output(r, c)] = mask
         return valid
 
     def _neighbourhood(self, r: int, c: int, plane: int, window: Window) -> torch.Tensor:
@@ -171,7 +176,7 @@ class _TileDecoder:
         map_input = codec.map_input(map_window).to(device)
         out, core = self.grid.output(r, c), self.grid.core(r, c)
         oy, ox = out.y0 - window.y0, out.x0 - window.x0
-        core_in_out = (slice(core.y0 - out.y0, core.y0 - out.y0 + core.height), slice(core.x0 - out.x0, core.x0 - out.x0 + core.width))
+        core_in_out = self.core_in_output(r, c)
         core_valid = self.masks.get((r, c), np.ones((core.height, core.width), bool))
         means = self.means.get((r, c))
         first_band = 0

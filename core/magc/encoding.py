@@ -87,9 +87,8 @@ class _TileEncoder:
         core_valid = valid[oy:oy + core.height, ox:ox + core.width]
         if not core_valid.any():
             return None
-        order = [b for bands in self.planes for b in bands]
-        core_planes = planes[:, oy:oy + core.height, ox:ox + core.width]
-        means = band_means(core_planes if order == list(range(len(planes))) else core_planes[order], core_valid)
+        # planes are consecutive runs of the coded bands, so band order is plane order
+        means = band_means(planes[:, oy:oy + core.height, ox:ox + core.width], core_valid)
         planes = fill_invalid(planes, valid)
         map_window = read_padded(self.map_source.read, window, info.width, info.height)
         map_input = codec.map_input(map_window).to(self.loaded.device)
