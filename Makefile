@@ -31,7 +31,7 @@ $(DATA)/index.json: | setup
 	$(PY) -m magc.cli prepare-data --source $(SHARED)/data/dubai-aerial -o $(DATA)
 
 train-lite: setup $(DATA)/index.json
-	$(PY) -m magc.cli train --preset lite --data $(DATA) --run runs/lite --export resources/weights/lite.safetensors
+	$(PY) -m magc.cli train --preset lite --data $(DATA) --run runs/lite --stages 1,2,3 --export resources/weights/lite.safetensors
 
 train-segmentation: setup $(DATA)/index.json
 	$(PY) -m magc.cli train-segmentation --data $(DATA) --run runs/segmentation --export resources/weights/segmentation.safetensors

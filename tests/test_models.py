@@ -139,6 +139,39 @@ def test_class_fractions_are_area_shares_with_unknown_ids_as_background() -> Non
     assert class_fractions(wide, 5, factor=4)[1, 0, 1, 1] == expected[1, 0, 1, 1] + 1 / 16
 
 
+def test_lite_decoder_reads_the_class_map_at_fine_resolution() -> None:
+    """With ``decoder_map_classes`` the lite decoder reads the map: its map paths start at zero
+    (the decoder computes what one without them does, so older weights can start it), and once
+    trained a change of the map in one 16 px corner changes the image there and not far away
+    (read at 1/2 and 1/4 resolution, not only through the 1/8 latent). Without a map it says
+    so instead of decoding something else."""
+    import dataclasses
+
+    preset = load_preset("tiny-lite")
+    assert preset.autoencoder.decoder_map_classes == 5 and load_preset("lite").autoencoder.decoder_map_classes == 5
+    torch.manual_seed(0)
+    with_map = MagcCodec(preset).eval()
+    plain = MagcCodec(dataclasses.replace(preset, autoencoder=dataclasses.replace(preset.autoencoder, decoder_map_classes=0))).eval()
+    missing, unexpected = plain.load_state_dict(with_map.state_dict(), strict=False)
+    assert not missing and sorted({k.rsplit(".", 1)[0] for k in unexpected}) == ["autoencoder.decoder.map2", "autoencoder.decoder.map4"]
+    z = torch.randn(1, 4, 16, 16)
+    ids = torch.randint(0, 5, (1, 128, 128), dtype=torch.uint8)
+    ids[0, 100:, :20] = 255  # outside the map: background
+    with torch.no_grad():
+        assert torch.equal(with_map.reconstruct(z, ids[0].numpy()), plain.reconstruct(z))
+        for conv in (with_map.autoencoder.decoder.map4, with_map.autoencoder.decoder.map2):
+            conv.weight.normal_(0, 0.5)
+        before = with_map.reconstruct(z, ids[0].numpy())
+        changed = ids.clone()
+        changed[0, :16, :16] = (changed[0, :16, :16] + 1) % 5
+        after = with_map.reconstruct(z, changed)
+    difference = (after - before).abs().amax(1)[0]
+    assert difference[:16, :16].mean() > 1e-3
+    assert difference[64:, 64:].max() == 0
+    with pytest.raises(ValueError, match="class map"):
+        with_map.reconstruct(z)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_channel_layer_norm_is_the_official_formula(dtype: torch.dtype, memory_format: torch.memory_format) -> None:

@@ -65,6 +65,38 @@ def test_training_goes_on_from_trained_weights_without_the_run_folder(data_dir: 
     assert main(common + ["--run", str(tmp_path / "d"), "--init", str(tmp_path / "none.safetensors")]) != 0
 
 
+def test_stage3_teaches_the_decoder_the_map_and_keeps_everything_else(data_dir: Path, tmp_path: Path) -> None:
+    """`--stages 3` on trained weights: only the autoencoder's decoder learns (its map paths
+    among it), every other tensor and the entropy tables stay as they were, the log holds
+    the decoded quality, and the weights encode and decode. A preset whose decoder reads no
+    map, stage 3 without stage 2 or --init, and an unknown stage are clear errors."""
+    from magc.models.weights import load_state
+
+    torch.set_num_threads(2)
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    common = ["train", "--preset", "tiny-lite", "--data", str(data_dir)]
+    assert main(common + ["--run", str(tmp_path / "a"), "--steps", "2,2", "--export", str(first)]) == 0
+    before = load_state(first)
+    assert main(common + ["--run", str(tmp_path / "b"), "--stages", "3", "--steps", "0,0,0,3", "--init", str(first),
+                          "--export", str(second)]) == 0
+    after = load_state(second)
+    assert set(after) == set(before)
+    kept = [k for k in before if not k.startswith("autoencoder.decoder.")]
+    assert kept and all(torch.equal(before[k], after[k]) for k in kept)
+    map_paths = [k for k in after if k.startswith("autoencoder.decoder.map")]
+    assert len(map_paths) == 4 and all(not torch.equal(before[k], after[k]) for k in map_paths)
+    logs = [json.loads(line) for line in (tmp_path / "b" / "stage3.log.jsonl").read_text().splitlines()]
+    assert logs[-1]["step"] == 3 and 0.0 < logs[-1]["msssim"] <= 1.0 and logs[-1]["psnr"] > 0
+    loaded = load_codec("tiny-lite", weights=second, device="cpu")
+    raster, layer = data_dir / "t2p1.tif", data_dir / "t2p1.gpkg"
+    encode_raster(raster, tmp_path / "x.magc", [str(layer)], codec=loaded)
+    decode_raster(tmp_path / "x.magc", tmp_path / "x.tif", [str(layer)], codec=loaded)
+    assert (tmp_path / "x.tif").is_file()
+    assert main(["train", "--preset", "tiny-sprdiff", "--data", str(data_dir), "--run", str(tmp_path / "c"), "--stages", "3"]) == 2
+    assert main(common + ["--run", str(tmp_path / "d"), "--stages", "3", "--steps", "0,0,0,3"]) == 2
+    assert main(common + ["--run", str(tmp_path / "e"), "--stages", "1,4"]) == 2
+
+
 def _stage2_setup():
     """A tiny-lite codec decoding from z~ (strength 0.6), one random scene, a random frozen critic."""
     import dataclasses

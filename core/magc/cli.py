@@ -120,11 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", default="lite")
     tr.add_argument("--data", default="data/dubai")
     tr.add_argument("--run", default=None, help="run folder with checkpoints and logs (default runs/PRESET)")
-    tr.add_argument("--stages", default="1,2")
+    tr.add_argument("--stages", default="1,2", help="which stages: 1 rate-distortion, 2 denoiser, "
+                                                     "3 decoder reads the map (presets whose decoder does, e.g. lite)")
     tr.add_argument("--export", help="write the trained weights here (safetensors)")
     tr.add_argument("--vae-weights", help="SPRDiff presets: trained weights whose autoencoder is the frozen VAE "
                                            "(default resources/weights/sprdiff-lite.safetensors)")
-    tr.add_argument("--steps", help="STAGE1,STAGE2[,CRITIC] steps instead of the recipe's (e.g. for a quick trial; CRITIC 0: no semantic critic)")
+    tr.add_argument("--steps", help="STAGE1,STAGE2[,CRITIC[,STAGE3]] steps instead of the recipe's "
+                                    "(e.g. for a quick trial; CRITIC 0: no semantic critic)")
     tr.add_argument("--semantic-weight", type=float, metavar="W",
                     help="lite-size MAGC: weight of the semantic critic's cross-entropy in stage 2 (default 0.1)")
     tr.add_argument("--init", help="lite-size presets: start from these trained weights of the same preset (fresh optimiser), "
@@ -230,9 +232,19 @@ def _step_counts(text: str) -> list[int]:
         steps = [int(s) for s in text.split(",")]
     except ValueError:
         steps = []
-    if len(steps) not in (2, 3) or min(steps) < 0:
-        raise UsageError(f"--steps wants STAGE1,STAGE2[,CRITIC] as counts ≥ 0, got {text!r}")
+    if len(steps) not in (2, 3, 4) or min(steps) < 0:
+        raise UsageError(f"--steps wants STAGE1,STAGE2[,CRITIC[,STAGE3]] as counts ≥ 0, got {text!r}")
     return steps
+
+
+def _stage_list(text: str) -> tuple[int, ...]:
+    try:
+        stages = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        stages = ()
+    if not stages or not set(stages) <= {1, 2, 3}:
+        raise UsageError(f"--stages wants a list of 1, 2, 3 (e.g. 1,2 or 3), got {text!r}")
+    return stages
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -240,7 +252,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train.recipe import Recipe, export, train
 
     run = Path(args.run or f"runs/{args.preset}")
-    stages = tuple(int(s) for s in args.stages.split(","))
+    stages = _stage_list(args.stages)
     steps = _step_counts(args.steps) if args.steps else None
     if load_preset(args.preset).autoencoder.kind == "sd-vae":  # the GPU recipe (accelerate)
         from .train.sd_stages import SDRecipe, train_sd_preset
@@ -252,7 +264,7 @@ def _train(args: argparse.Namespace) -> int:
         recipe = SDRecipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1], "warmup": min(steps)} if steps else {}))
         codec = train_sd_preset(args.preset, Path(args.data), run, args.sd_weights, stages, recipe, device=args.device)
     else:
-        overrides = dict(zip(("stage1_steps", "stage2_steps", "critic_steps"), steps)) if steps else {}
+        overrides = dict(zip(("stage1_steps", "stage2_steps", "critic_steps", "stage3_steps"), steps)) if steps else {}
         if args.vae_weights:
             overrides["vae_weights"] = args.vae_weights
         if args.semantic_weight is not None:

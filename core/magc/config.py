@@ -46,6 +46,7 @@ class AutoencoderConfig:
     blocks: int = 2
     encoder_widths: list[int] | None = None
     encoder_blocks: int | None = None
+    decoder_map_classes: int = 0  # lite: > 0 lets the decoder read the class map (0: no map input)
     scaling_factor: float = 1.0
     vae: dict[str, Any] = field(default_factory=dict)
 

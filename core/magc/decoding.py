@@ -186,7 +186,7 @@ class _TileDecoder:
                 y_hat = self._neighbourhood(r, c, plane, window).to(device)
                 z_tilde = codec.synthesise(y_hat.float(), map_input)
                 noise = lambda step, plane=plane: self.noise.window(step * 16 + plane, window).to(device)  # noqa: E731
-                image = codec.reconstruct(codec.generate(z_tilde, map_input, noise, self.sampler))
+                image = codec.reconstruct(codec.generate(z_tilde, map_input, noise, self.sampler), map_window)
                 plane = plane_values(image[:, :, oy:oy + out.height, ox:ox + out.width], len(bands))
                 if means is not None:
                     plane = match_means(plane, core_in_out, core_valid, means[first_band:first_band + len(bands)])

@@ -9,7 +9,10 @@ already multiplied by the scaling factor, so the rest of the codec never asks wh
 * ``LiteAutoencoder`` is this project's CPU-sized autoencoder. It works at 1/4 and 1/8
   resolution behind pixel (un)shuffles, because convolutions with few channels at full
   resolution are memory-bound on a CPU (measured 20-60 GFLOP/s against 250-400 GFLOP/s for 64-128
-  channels at 1/4-1/8 resolution on the 2-core development machine).
+  channels at 1/4-1/8 resolution on the 2-core development machine). With
+  ``decoder_map_classes`` its decoder also reads the class map, at 1/4 and 1/2 resolution:
+  the map is known at the decoder at full resolution, while the latent (and the denoiser's
+  view of the map) is at 1/8, too coarse for the edges of buildings and roads.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AutoencoderConfig
+from .class_maps import class_fractions
 from .layers import LiteResBlock
 
 
@@ -50,11 +54,30 @@ class LiteDecoder(nn.Module):
         self.up2 = nn.Conv2d(w4, w2 * 4, 1)
         self.refine2 = nn.Conv2d(w2, w2, 3, padding=1)
         self.out = nn.Conv2d(w2, out_channels * 4, 3, padding=1)
+        self.map_classes = cfg.decoder_map_classes
+        if self.map_classes:
+            # Added after each upsampling; zero at first, so a decoder trained without the map
+            # computes what it did until the map paths learn.
+            self.map4 = nn.Conv2d(self.map_classes, w4, 3, padding=1)
+            self.map2 = nn.Conv2d(self.map_classes, w2, 3, padding=1)
+            for conv in (self.map4, self.map2):
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def _map_features(self, class_map: torch.Tensor | None) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        if not self.map_classes:
+            return 0.0, 0.0
+        if class_map is None:
+            raise ValueError("this decoder reads the class map: give the (B, H, W) class ids")
+        fractions2 = class_fractions(class_map, self.map_classes, 2).to(self.map2.weight.dtype)
+        return self.map4(F.avg_pool2d(fractions2, 2)), self.map2(fractions2)
+
+    def forward(self, z: torch.Tensor, class_map: torch.Tensor | None = None) -> torch.Tensor:
+        """``class_map``: (B, 8·h, 8·w) class ids, for a decoder with ``decoder_map_classes``."""
+        map4, map2 = self._map_features(class_map)
         h = self.blocks8(self.stem(z))
-        h = self.blocks4(F.pixel_shuffle(self.up4(F.leaky_relu(h, 0.1)), 2))
-        h = F.pixel_shuffle(self.up2(F.leaky_relu(h, 0.1)), 2)
+        h = self.blocks4(F.pixel_shuffle(self.up4(F.leaky_relu(h, 0.1)), 2) + map4)
+        h = F.pixel_shuffle(self.up2(F.leaky_relu(h, 0.1)), 2) + map2
         h = h + self.refine2(F.leaky_relu(h, 0.1))
         return F.pixel_shuffle(self.out(F.leaky_relu(h, 0.1)), 2)
 
@@ -74,8 +97,8 @@ class LiteAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x) * self.scaling_factor
 
-    def decode(self, z0: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z0 / self.scaling_factor)
+    def decode(self, z0: torch.Tensor, class_map: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(z0 / self.scaling_factor, class_map)
 
 
 class SDAutoencoder(nn.Module):
@@ -93,7 +116,8 @@ class SDAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
 
-    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+    def decode(self, z0: torch.Tensor, class_map: torch.Tensor | None = None) -> torch.Tensor:
+        """``class_map`` is accepted for a common interface; the SD decoder has no map input."""
         return self.vae.decode(z0 / self.scaling_factor).sample
 
 

@@ -18,27 +18,11 @@ from torch import nn
 from ..config import PresetConfig, SamplerConfig
 from ..sampling import NoiseFn, sample
 from .autoencoder import build_autoencoder
+from .class_maps import class_fractions
 from .denoiser import ConditionalDenoiser
 from .lcm import CodedTile, LatentCompressionModule
 
 MAP_NODATA = 255
-
-
-def class_fractions(class_map: torch.Tensor, num_classes: int, factor: int = 8) -> torch.Tensor:
-    """Per-class area fractions at 1/``factor`` resolution from a (B, H, W) class-id map.
-
-    Pixels outside the schema (e.g. 255 for outside the map) count as background (class 0);
-    like average pooling, a remainder narrower than a cell is dropped. Counted with one
-    bincount of (cell, class) keys: comparing with each class and pooling took 2.5 times as
-    long on a 1152 px window, and a one-hot in int64 twice as long again (make bench profiles).
-    """
-    ids = torch.where((class_map >= 0) & (class_map < num_classes), class_map, torch.zeros_like(class_map))
-    b, h, w = ids.shape
-    hc, wc = h // factor, w // factor
-    cells = ids[:, :hc * factor, :wc * factor].reshape(b, hc, factor, wc, factor).to(torch.int64)
-    cell_index = torch.arange(b * hc * wc, device=ids.device).view(b, hc, 1, wc, 1)
-    counts = torch.bincount((cell_index * num_classes + cells).flatten(), minlength=b * hc * wc * num_classes)
-    return (counts.view(b, hc, wc, num_classes).permute(0, 3, 1, 2).float() / (factor * factor)).contiguous()
 
 
 class MagcCodec(nn.Module):
@@ -49,6 +33,9 @@ class MagcCodec(nn.Module):
         self.preset = preset
         latent = preset.autoencoder.latent_channels
         map_channels = preset.map.num_classes if preset.map.kind == "classes" else 3
+        decoder_classes = preset.autoencoder.decoder_map_classes
+        if decoder_classes and (preset.map.kind != "classes" or decoder_classes != preset.map.num_classes):
+            raise ValueError(f"preset {preset.name}: autoencoder.decoder_map_classes wants a class map of as many classes")
         self.autoencoder = build_autoencoder(preset.autoencoder)
         self.lcm = LatentCompressionModule(preset.lcm, latent, map_channels, len(preset.rates))
         self.lcm.set_rate_gains([r.gain for r in preset.rates])
@@ -107,5 +94,14 @@ class MagcCodec(nn.Module):
 
         return sample(denoise, cfg, self.preset.denoiser.prediction_type, z_tilde, noise)
 
-    def reconstruct(self, z0_hat: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(z0_hat).clamp(-1, 1)
+    def reconstruct(self, z0_hat: torch.Tensor, map_window: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """The image of ẑ0; ``map_window`` (the window's (H, W) class ids) is read by a decoder
+        with ``decoder_map_classes`` and required there."""
+        class_map = None
+        if self.preset.autoencoder.decoder_map_classes:
+            if map_window is None:
+                raise ValueError(f"preset {self.preset.name} decodes with the class map: give map_window")
+            class_map = torch.as_tensor(np.asarray(map_window)).to(z0_hat.device)
+            if class_map.dim() == 2:
+                class_map = class_map.unsqueeze(0)
+        return self.autoencoder.decode(z0_hat, class_map).clamp(-1, 1)

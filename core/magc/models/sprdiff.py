@@ -178,5 +178,6 @@ class SprdiffCodec(nn.Module):
 
         return sample(denoise, cfg, self.preset.denoiser.prediction_type, z_tilde, noise)
 
-    def reconstruct(self, z0_hat: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, z0_hat: torch.Tensor, map_window: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """``map_window`` is accepted for a common interface: SPRDiff's VAE decoder reads no map."""
         return self.autoencoder.decode(z0_hat).clamp(-1, 1)

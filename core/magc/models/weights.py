@@ -58,11 +58,14 @@ def resize_entropy_buffers(module: nn.Module, state: dict[str, torch.Tensor]) ->
             setattr(owner, attr, torch.empty_like(state[name]))
 
 
-def load_into(module: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], strict: bool = True, may_lack: tuple[str, ...] = ()) -> None:
+    """``may_lack``: prefixes of tensors the weights may lack (new parts that start from their
+    initial values, e.g. a decoder's map paths before the stage that trains them)."""
     resize_entropy_buffers(module, state)
     own = module.state_dict()
     state = {k: (v.to(own[k].dtype) if k in own and v.is_floating_point() else v) for k, v in state.items()}
     missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(may_lack)] if may_lack else missing
     if strict and (missing or unexpected):
         raise InputError(
             f"weights do not fit the model: {len(missing)} missing (e.g. {missing[:3]}), "

@@ -5,6 +5,8 @@ Stage 1 (rate-distortion, autoencoder + LCM, one model for every rate):
     loss = λ_k · D(AE.dec(z~), x) + bpp_k + β · D(AE.dec(z0), x) + γ · ‖z~ − z0‖² / var(z0)
     D = (1 − MS-SSIM) + α · MSE            (images in [0, 1])
 
+(AE.dec also reads the crop's class map where the preset's decoder does, as everywhere below.)
+
 with the rate k cycling over the preset's operating points, and the entropy bottlenecks'
 quantiles trained by their auxiliary loss (a separate optimiser, as compressai does). The
 β term (on a quarter of the batch) keeps z0 itself decodable, so that it is a sensible
@@ -124,7 +126,7 @@ def train_stage1(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
         z0 = codec.autoencoder.encode(x)
         out = codec.lcm(z0, sems, k)
         n_ae = max(1, batch // AE_BRANCH_FRACTION)
-        decoded = codec.autoencoder.decode(torch.cat([out["z_tilde"], z0[:n_ae]]))
+        decoded = codec.autoencoder.decode(torch.cat([out["z_tilde"], z0[:n_ae]]), torch.cat([maps, maps[:n_ae]]))
         x_hat, x_ae = decoded[:batch], decoded[batch:]
         d_hat, ms_hat, mse_hat = distortion(x_hat, x)
         d_ae, _, mse_ae = distortion(x_ae, x[:n_ae])
@@ -175,9 +177,9 @@ def decode_path_inputs(denoise: Denoise, sampler: SamplerConfig, prediction_type
 
 @torch.no_grad()
 def _guide_reference(codec: MagcCodec, critic: torch.nn.Module | None, z_tilde: torch.Tensor, x: torch.Tensor,
-                     labels: torch.Tensor) -> dict[str, float]:
+                     maps: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """What decoding z~ itself scores, beside the path's logged scores."""
-    decoded = codec.autoencoder.decode(z_tilde)
+    decoded = codec.autoencoder.decode(z_tilde, maps)
     reference = {"msssim_ztilde": 1 - distortion(decoded, x)[1].item()}
     if critic is not None:
         reference["critic_accuracy_ztilde"] = critic_loss(critic, decoded, labels)[1].item()
@@ -229,7 +231,7 @@ def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
         logs = {"ztilde_mse": F.mse_loss(z_tilde, z0).item(), "scale": scale}
         if n_path:  # the decoded image of the path half, judged like stage 1 judges z~'s
             x0_path = predict_x0_eps(pred[:n_path], z_t[:n_path], a[:n_path], prediction)[0]
-            decoded_path = codec.autoencoder.decode(x0_path)
+            decoded_path = codec.autoencoder.decode(x0_path, maps[:n_path])
             d_path, ms_path, _ = distortion(decoded_path, x[:n_path])
             loss = loss + PATH_DISTORTION_WEIGHT * d_path
             logs["msssim_path"] = 1 - ms_path.item()
@@ -238,7 +240,7 @@ def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: Loo
                 loss = loss + semantic_weight * ce_path
                 logs.update(critic_ce_path=ce_path.item(), critic_accuracy_path=accuracy_path.item())
             if closes_log_window(i, cfg):
-                logs.update(_guide_reference(codec, critic, z_tilde[:n_path], x[:n_path], labels[:n_path]))
+                logs.update(_guide_reference(codec, critic, z_tilde[:n_path], x[:n_path], maps[:n_path], labels[:n_path]))
         optimizers["main"].zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(codec.denoiser.parameters(), 1.0)

@@ -41,7 +41,10 @@ class Recipe:
     stage2_crop: int = 192
     stage2_lr: float = 5e-4
     critic_steps: int = 5000  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
-    semantic_weight: float = 0.1  # ... and the weight of its cross-entropy in stage 2's path loss
+    semantic_weight: float = 0.1  # ... and the weight of its cross-entropy in stage 2's path loss (and stage 3's)
+    stage3_steps: int = 1000  # presets whose decoder reads the map: the decoder learns it (``decoder_stage``)
+    stage3_batch: int = 8
+    stage3_lr: float = 2e-4
     seed: int = 0
     vae_weights: str | None = None  # SPRDiff's frozen VAE; None: DEFAULT_VAE
 
@@ -57,13 +60,29 @@ def _stage_done(ckpt: Path, steps: int) -> bool:
     return ckpt.exists() and int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) >= steps
 
 
+DECODER_MAP_PATHS = ("autoencoder.decoder.map4.", "autoencoder.decoder.map2.")
+
+
 def _start_from(codec: torch.nn.Module, preset: PresetConfig, weights: Path) -> None:
+    """Weights trained before the decoder read the map may start a preset whose decoder does
+    (its map paths start at zero, so the decoder computes what it did)."""
     if not weights.is_file():
         raise InputError(f"weights not found: {weights}")
     held = preset_of(weights).name
     if held != preset.name:
         raise UsageError(f"{weights} holds preset {held!r}, not {preset.name!r}")
-    load_into(codec, load_state(weights))
+    load_into(codec, load_state(weights), may_lack=DECODER_MAP_PATHS)
+
+
+def _semantic_critic(preset: PresetConfig, scenes: list, run_dir: Path, recipe: Recipe) -> dict:
+    """The critic and its weight for stages 2-3 (trained once per run folder, then reloaded)."""
+    from .critic import train_critic
+
+    if recipe.critic_steps <= 0:
+        return {}
+    critic_sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 2)
+    critic = train_critic(critic_sampler, run_dir, preset.map.num_classes, recipe.critic_steps, seed=recipe.seed + 2)
+    return {"critic": critic, "semantic_weight": recipe.semantic_weight}
 
 
 def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stages: tuple[int, ...] = (1, 2),
@@ -72,9 +91,13 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
     these lite-size networks are sized for (the SD-size presets train through ``sd_stages``)."""
     torch.manual_seed(recipe.seed)
     preset = load_preset(preset_name)
-    stage1_ckpt, stage2_ckpt = run_dir / "stage1.ckpt", run_dir / "stage2.ckpt"
+    stage1_ckpt, stage2_ckpt, stage3_ckpt = (run_dir / f"stage{n}.ckpt" for n in (1, 2, 3))
     if 2 in stages and 1 not in stages and init is None and not stage1_ckpt.exists():
         raise UsageError(f"stage 2 starts from stage 1, and {stage1_ckpt} is missing: run stage 1, or give --init WEIGHTS")
+    if 3 in stages and not (preset.method == "magc" and preset.autoencoder.decoder_map_classes):
+        raise UsageError(f"stage 3 teaches a decoder to read the map, and preset {preset.name!r} has none that does")
+    if 3 in stages and 2 not in stages and init is None and not stage2_ckpt.exists():
+        raise UsageError(f"stage 3 starts from stage 2, and {stage2_ckpt} is missing: run stage 2, or give --init WEIGHTS")
     codec = build_codec(preset)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Stage 2 alone on --init weights leaves the LCM as it came, entropy tables included: their
@@ -101,16 +124,20 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         if stage1_ckpt.exists():  # else --init gave the starting point (checked above)
             _load_modules(codec, stage1_ckpt)
         if not _stage_done(stage2_ckpt, recipe.stage2_steps):
-            extra = {}
-            if preset.method == "magc" and recipe.critic_steps > 0 and uses_decode_path(preset):
-                from .critic import train_critic
-
-                critic_sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 2)
-                extra["critic"] = train_critic(critic_sampler, run_dir, preset.map.num_classes, recipe.critic_steps, seed=recipe.seed + 2)
-                extra["semantic_weight"] = recipe.semantic_weight
+            extra = _semantic_critic(preset, scenes, run_dir, recipe) if preset.method == "magc" and uses_decode_path(preset) else {}
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 1)
             stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch, **extra)
         _load_modules(codec, stage2_ckpt)
+    if 3 in stages:
+        from .decoder_stage import train_decoder
+
+        if stage2_ckpt.exists():  # else --init gave the starting point (checked above)
+            _load_modules(codec, stage2_ckpt)
+        if not _stage_done(stage3_ckpt, recipe.stage3_steps):
+            sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 3)
+            train_decoder(codec, sampler, run_dir, LoopConfig(recipe.stage3_steps, recipe.stage3_lr, warmup=50), recipe.stage3_batch,
+                          seed=recipe.seed + 3, **_semantic_critic(preset, scenes, run_dir, recipe))
+        _load_modules(codec, stage3_ckpt)
     return codec
 
 
