@@ -92,9 +92,11 @@ def test_successful_encode_reports_device_and_bpp(workdir: Path) -> None:
         (["decode", "{d}/good.magc", "-o", "{d}/x.tif"], ["map"]),
         (["decode", "{d}/good.magc", "-o", "{d}/x.tif", "--map", "{d}/buildings.gpkg", "--strength", "1.5"], ["strength", "between 0 and 1"]),
         (["info", "{d}/notes.txt"], ["not a magc file"]),
-        (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--steps", "5"], ["STAGE1,STAGE2[,CRITIC]"]),
+        (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--steps", "5"], ["STAGE1,STAGE2[,CRITIC[,STAGE3]]"]),
         (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--steps", "5,x"], ["--steps"]),
         (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--semantic-weight", "-1"], ["--semantic-weight"]),
+        (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--stages", "2,x"], ["--stages", "1, 2, 3"]),
+        (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--stages", "4"], ["--stages", "1, 2, 3"]),
     ],
 )
 def test_bad_input_gives_one_line_and_status_2(workdir: Path, args: list[str], needles: list[str]) -> None:
