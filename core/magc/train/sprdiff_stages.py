@@ -36,6 +36,10 @@ def load_vae(codec: SprdiffCodec, weights: Path = DEFAULT_VAE) -> None:
         raise InputError(f"VAE weights not found: {weights}")
     state = {k[len("autoencoder."):]: v.float() for k, v in load_state(weights).items() if k.startswith("autoencoder.")}
     own = codec.autoencoder.state_dict()
+    if any(k.startswith("decoder.map") for k in set(state) - set(own)):
+        raise UsageError(f"{weights} holds an autoencoder whose decoder reads a class map (trained with it), and "
+                         f"{codec.preset.name!r} has no map; give --vae-weights with a map-free one "
+                         f"(e.g. {DEFAULT_VAE.relative_to(DEFAULT_VAE.parents[2])})")
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
         raise UsageError(f"{weights} holds no autoencoder of the shape preset {codec.preset.name!r} wants; give --vae-weights "
                          f"with one (e.g. {DEFAULT_VAE.relative_to(DEFAULT_VAE.parents[2])})")
