@@ -1,4 +1,4 @@
-"""The training recipe behind ``magc train`` / ``make train-lite``: stage 1, stage 2, export.
+"""The training recipe behind ``magc train`` / ``make train-lite``: stages 1, 2 and 3, export.
 
 Everything is resumable: each stage keeps a checkpoint in the run folder and continues from
 it; a finished stage is skipped. Where the run folder is gone (a fresh machine), ``init``
