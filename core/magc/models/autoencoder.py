@@ -42,6 +42,11 @@ class LiteEncoder(nn.Module):
         return self.out(F.leaky_relu(h, 0.1))
 
 
+# The decoder's map paths, by state-dict key within an autoencoder: weights trained before them
+# may lack them (they start at zero), and a decoder that has them needs a map.
+DECODER_MAP_PATHS = ("decoder.map4.", "decoder.map2.")
+
+
 class LiteDecoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig, out_channels: int = 3) -> None:
         super().__init__()

@@ -96,11 +96,9 @@ class MagcCodec(nn.Module):
 
     def reconstruct(self, z0_hat: torch.Tensor, map_window: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
         """The image of ẑ0; ``map_window`` (the window's (H, W) class ids) is read by a decoder
-        with ``decoder_map_classes`` and required there."""
+        with ``decoder_map_classes``, which refuses to decode without it."""
         class_map = None
-        if self.preset.autoencoder.decoder_map_classes:
-            if map_window is None:
-                raise ValueError(f"preset {self.preset.name} decodes with the class map: give map_window")
+        if self.preset.autoencoder.decoder_map_classes and map_window is not None:
             class_map = torch.as_tensor(np.asarray(map_window)).to(z0_hat.device)
             if class_map.dim() == 2:
                 class_map = class_map.unsqueeze(0)

@@ -18,6 +18,7 @@ import torch
 
 from ..config import PresetConfig, load_preset
 from ..errors import InputError, UsageError
+from ..models.autoencoder import DECODER_MAP_PATHS
 from ..models.codec import MagcCodec
 from ..models.loading import REPO_WEIGHTS, build_codec
 from ..models.weights import load_into, load_state, preset_of, save_weights, write_manifest
@@ -60,9 +61,6 @@ def _stage_done(ckpt: Path, steps: int) -> bool:
     return ckpt.exists() and int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) >= steps
 
 
-DECODER_MAP_PATHS = ("autoencoder.decoder.map4.", "autoencoder.decoder.map2.")
-
-
 def _start_from(codec: torch.nn.Module, preset: PresetConfig, weights: Path) -> None:
     """Weights trained before the decoder read the map may start a preset whose decoder does
     (its map paths start at zero, so the decoder computes what it did)."""
@@ -71,7 +69,7 @@ def _start_from(codec: torch.nn.Module, preset: PresetConfig, weights: Path) -> 
     held = preset_of(weights).name
     if held != preset.name:
         raise UsageError(f"{weights} holds preset {held!r}, not {preset.name!r}")
-    load_into(codec, load_state(weights), may_lack=DECODER_MAP_PATHS)
+    load_into(codec, load_state(weights), may_lack=tuple("autoencoder." + path for path in DECODER_MAP_PATHS))
 
 
 def _semantic_critic(preset: PresetConfig, scenes: list, run_dir: Path, recipe: Recipe) -> dict:
@@ -131,7 +129,7 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
     if 3 in stages:
         from .decoder_stage import train_decoder
 
-        if stage2_ckpt.exists():  # else --init gave the starting point (checked above)
+        if 2 not in stages and stage2_ckpt.exists():  # else stage 2 above, or --init (checked above), gave it
             _load_modules(codec, stage2_ckpt)
         if not _stage_done(stage3_ckpt, recipe.stage3_steps):
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 3)

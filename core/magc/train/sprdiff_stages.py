@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.autoencoder import DECODER_MAP_PATHS
 from ..models.sprdiff import SprdiffCodec
 from ..errors import InputError, UsageError
 from ..models.weights import load_state
@@ -36,7 +37,7 @@ def load_vae(codec: SprdiffCodec, weights: Path = DEFAULT_VAE) -> None:
         raise InputError(f"VAE weights not found: {weights}")
     state = {k[len("autoencoder."):]: v.float() for k, v in load_state(weights).items() if k.startswith("autoencoder.")}
     own = codec.autoencoder.state_dict()
-    if any(k.startswith("decoder.map") for k in set(state) - set(own)):
+    if any(k.startswith(DECODER_MAP_PATHS) for k in set(state) - set(own)):
         raise UsageError(f"{weights} holds an autoencoder whose decoder reads a class map (trained with it), and "
                          f"{codec.preset.name!r} has no map; give --vae-weights with a map-free one "
                          f"(e.g. {DEFAULT_VAE.relative_to(DEFAULT_VAE.parents[2])})")
