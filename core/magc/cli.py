@@ -13,7 +13,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", help="STAGE1,STAGE2[,CRITIC[,STAGE3]] steps instead of the recipe's "
                                     "(e.g. for a quick trial; CRITIC 0: no semantic critic)")
     tr.add_argument("--semantic-weight", type=float, metavar="W",
-                    help="lite-size MAGC: weight of the semantic critic's cross-entropy in stage 2 (default 0.1)")
+                    help="lite-size MAGC: weight of the semantic critic's cross-entropy in stages 2 and 3 (default 0.3)")
     tr.add_argument("--init", help="lite-size presets: start from these trained weights of the same preset (fresh optimiser), "
                                    "e.g. to add steps to the shipped weights where the run folder is gone")
     tr.add_argument("--device", default="auto", help="device of the SD-size recipe (the lite-size presets train on the CPU)")
@@ -227,24 +227,24 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _step_counts(text: str) -> list[int]:
+def _int_list(text: str, valid: Callable[[tuple[int, ...]], bool], wanted: str) -> tuple[int, ...]:
+    """A comma-separated list of integers that ``valid`` accepts, else a UsageError naming ``wanted``."""
     try:
-        steps = [int(s) for s in text.split(",")]
+        values = tuple(int(s) for s in text.split(","))
     except ValueError:
-        steps = []
-    if len(steps) not in (2, 3, 4) or min(steps) < 0:
-        raise UsageError(f"--steps wants STAGE1,STAGE2[,CRITIC[,STAGE3]] as counts ≥ 0, got {text!r}")
-    return steps
+        values = ()
+    if not values or not valid(values):
+        raise UsageError(f"{wanted}, got {text!r}")
+    return values
+
+
+def _step_counts(text: str) -> tuple[int, ...]:
+    return _int_list(text, lambda steps: len(steps) in (2, 3, 4) and min(steps) >= 0,
+                     "--steps wants STAGE1,STAGE2[,CRITIC[,STAGE3]] as counts ≥ 0")
 
 
 def _stage_list(text: str) -> tuple[int, ...]:
-    try:
-        stages = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        stages = ()
-    if not stages or not set(stages) <= {1, 2, 3}:
-        raise UsageError(f"--stages wants a list of 1, 2, 3 (e.g. 1,2 or 3), got {text!r}")
-    return stages
+    return _int_list(text, lambda stages: set(stages) <= {1, 2, 3}, "--stages wants a list of 1, 2, 3 (e.g. 1,2 or 3)")
 
 
 def _train(args: argparse.Namespace) -> int:

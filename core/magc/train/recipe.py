@@ -37,12 +37,12 @@ class Recipe:
     stage1_batch: int = 8
     stage1_crop: int = 192
     stage1_lr: float = 4e-4
-    stage2_steps: int = 3000
+    stage2_steps: int = 2000
     stage2_batch: int = 16
     stage2_crop: int = 192
     stage2_lr: float = 5e-4
-    critic_steps: int = 5000  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
-    semantic_weight: float = 0.1  # ... and the weight of its cross-entropy in stage 2's path loss (and stage 3's)
+    critic_steps: int = 2500  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
+    semantic_weight: float = 0.3  # ... and the weight of its cross-entropy in stage 2's path loss (and stage 3's)
     stage3_steps: int = 1000  # presets whose decoder reads the map: the decoder learns it (``decoder_stage``)
     stage3_batch: int = 8
     stage3_lr: float = 2e-4
