@@ -37,7 +37,7 @@ def sampled_latents(codec: MagcCodec, x: torch.Tensor, maps: torch.Tensor, rate:
 
 
 def train_decoder(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int,
-                  critic: torch.nn.Module | None = None, semantic_weight: float = 0.1, seed: int = 0) -> None:
+                  critic: torch.nn.Module | None = None, semantic_weight: float = 0.3, seed: int = 0) -> None:
     if not codec.preset.autoencoder.decoder_map_classes:
         raise ValueError(f"preset {codec.preset.name}: its decoder reads no map (autoencoder.decoder_map_classes)")
     codec.requires_grad_(False).eval()

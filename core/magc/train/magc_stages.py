@@ -192,7 +192,7 @@ def uses_decode_path(preset: PresetConfig) -> bool:
 
 
 def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int, seed: int = 0,
-                 critic: torch.nn.Module | None = None, semantic_weight: float = 0.1) -> None:
+                 critic: torch.nn.Module | None = None, semantic_weight: float = 0.3) -> None:
     """``critic`` and ``semantic_weight``: the semantic term of the path half (see above)."""
     scale = fit_latent_scale(codec, sampler)
     codec.autoencoder.requires_grad_(False).eval()
