@@ -27,6 +27,8 @@ from .loop import LoopConfig, run_loop
 
 CRITIC_WIDTHS = (24, 48, 96, 128)  # at strides 2, 4, 8, 16
 BLUR_SIGMA = 2.0  # pixels
+# Weight of the critic's cross-entropy in stages 2 and 3 (0.3 raised mIoU over 0.1; 0.6 gained nothing)
+SEMANTIC_WEIGHT = 0.3
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:

@@ -52,7 +52,7 @@ from ..config import PresetConfig, SamplerConfig
 from ..models.codec import MagcCodec, class_fractions
 from ..models.sprdiff import SprdiffCodec
 from ..sampling import Denoise, evaluates_denoiser, make_schedule, output_for_x0, predict_x0_eps, sample, sampling_timesteps
-from .critic import critic_loss
+from .critic import SEMANTIC_WEIGHT, critic_loss
 from .data import CropSampler
 from .loop import LoopConfig, closes_log_window, run_loop
 
@@ -192,7 +192,7 @@ def uses_decode_path(preset: PresetConfig) -> bool:
 
 
 def train_stage2(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int, seed: int = 0,
-                 critic: torch.nn.Module | None = None, semantic_weight: float = 0.3) -> None:
+                 critic: torch.nn.Module | None = None, semantic_weight: float = SEMANTIC_WEIGHT) -> None:
     """``critic`` and ``semantic_weight``: the semantic term of the path half (see above)."""
     scale = fit_latent_scale(codec, sampler)
     codec.autoencoder.requires_grad_(False).eval()

@@ -22,6 +22,7 @@ from ..models.autoencoder import DECODER_MAP_PATHS
 from ..models.codec import MagcCodec
 from ..models.loading import REPO_WEIGHTS, build_codec
 from ..models.weights import load_into, load_state, preset_of, save_weights, write_manifest
+from .critic import SEMANTIC_WEIGHT, train_critic
 from .data import CropSampler, load_index, load_scene
 from .loop import LoopConfig
 
@@ -42,7 +43,7 @@ class Recipe:
     stage2_crop: int = 192
     stage2_lr: float = 5e-4
     critic_steps: int = 2500  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
-    semantic_weight: float = 0.3  # ... and the weight of its cross-entropy in stage 2's path loss (and stage 3's)
+    semantic_weight: float = SEMANTIC_WEIGHT  # ... and the weight of its cross-entropy in stage 2's path loss (and stage 3's)
     stage3_steps: int = 1000  # presets whose decoder reads the map: the decoder learns it (``decoder_stage``)
     stage3_batch: int = 8
     stage3_lr: float = 2e-4
@@ -74,8 +75,6 @@ def _start_from(codec: torch.nn.Module, preset: PresetConfig, weights: Path) -> 
 
 def _semantic_critic(preset: PresetConfig, scenes: list, run_dir: Path, recipe: Recipe) -> dict:
     """The critic and its weight for stages 2-3 (trained once per run folder, then reloaded)."""
-    from .critic import train_critic
-
     if recipe.critic_steps <= 0:
         return {}
     critic_sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 2)

@@ -37,13 +37,14 @@ def load_vae(codec: SprdiffCodec, weights: Path = DEFAULT_VAE) -> None:
         raise InputError(f"VAE weights not found: {weights}")
     state = {k[len("autoencoder."):]: v.float() for k, v in load_state(weights).items() if k.startswith("autoencoder.")}
     own = codec.autoencoder.state_dict()
+    example = DEFAULT_VAE.relative_to(DEFAULT_VAE.parents[2])
     if any(k.startswith(DECODER_MAP_PATHS) for k in set(state) - set(own)):
         raise UsageError(f"{weights} holds an autoencoder whose decoder reads a class map (trained with it), and "
                          f"{codec.preset.name!r} has no map; give --vae-weights with a map-free one "
-                         f"(e.g. {DEFAULT_VAE.relative_to(DEFAULT_VAE.parents[2])})")
+                         f"(e.g. {example})")
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
         raise UsageError(f"{weights} holds no autoencoder of the shape preset {codec.preset.name!r} wants; give --vae-weights "
-                         f"with one (e.g. {DEFAULT_VAE.relative_to(DEFAULT_VAE.parents[2])})")
+                         f"with one (e.g. {example})")
     codec.autoencoder.load_state_dict(state)
     codec.autoencoder.requires_grad_(False).eval()
 
