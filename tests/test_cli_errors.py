@@ -95,6 +95,8 @@ def test_successful_encode_reports_device_and_bpp(workdir: Path) -> None:
         (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--steps", "5"], ["STAGE1,STAGE2[,CRITIC[,STAGE3]]"]),
         (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--steps", "5,x"], ["--steps"]),
         (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--semantic-weight", "-1"], ["--semantic-weight"]),
+        (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--semantic-weight", "0.3,1,2"], ["--semantic-weight", "W2,W3"]),
+        (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--semantic-weight", "nan"], ["--semantic-weight"]),
         (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--stages", "2,x"], ["--stages", "1, 2, 3"]),
         (["train", "--preset", "tiny-lite", "--data", "{d}", "--run", "{d}/run", "--stages", "4"], ["--stages", "1, 2, 3"]),
     ],

@@ -97,6 +97,29 @@ def test_stage3_teaches_the_decoder_the_map_and_keeps_everything_else(data_dir: 
     assert main(common + ["--run", str(tmp_path / "e"), "--stages", "1,4"]) == 2
 
 
+def test_each_stage_learns_against_the_critic_at_its_own_weight(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """--semantic-weight W2,W3: stage 2 and stage 3 get their own weight (one number: both);
+    the run's recipe.json, which the manifest copies, records them, and stage 3 learns at W3
+    (tiny-lite samples from pure noise, so its stage 2 has no decode path for the critic)."""
+    import magc.train.decoder_stage as decoder_stage
+
+    torch.set_num_threads(2)
+    seen: list[float] = []
+    real_stage3 = decoder_stage.train_decoder
+
+    def stage3(*args, semantic_weight=None, **kwargs):
+        seen.append(semantic_weight)
+        return real_stage3(*args, semantic_weight=semantic_weight, **kwargs)
+
+    monkeypatch.setattr(decoder_stage, "train_decoder", stage3)
+    common = ["train", "--preset", "tiny-lite", "--data", str(data_dir), "--steps", "2,2,2,2", "--stages", "1,2,3"]
+    for run, given, weights in (("a", "0.2,0.7", (0.2, 0.7)), ("b", "0.5", (0.5, 0.5))):
+        assert main(common + ["--run", str(tmp_path / run), "--semantic-weight", given]) == 0
+        recipe = json.loads((tmp_path / run / "recipe.json").read_text())["recipe"]
+        assert (recipe["semantic_weight"], recipe["stage3_semantic_weight"]) == weights
+        assert seen[-1] == weights[1]
+
+
 def _stage2_setup():
     """A tiny-lite codec decoding from z~ (strength 0.6), one random scene, a random frozen critic."""
     import dataclasses

@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(default resources/weights/sprdiff-lite.safetensors)")
     tr.add_argument("--steps", help="STAGE1,STAGE2[,CRITIC[,STAGE3]] steps instead of the recipe's "
                                     "(e.g. for a quick trial; CRITIC 0: no semantic critic)")
-    tr.add_argument("--semantic-weight", type=float, metavar="W",
-                    help="lite-size MAGC: weight of the semantic critic's cross-entropy in stages 2 and 3 (default 0.3)")
+    tr.add_argument("--semantic-weight", metavar="W[,W3]",
+                    help="lite-size MAGC: weight of the semantic critic's cross-entropy in stages 2 and 3; "
+                         "two numbers: stage 2's, stage 3's (default 0.3,1.0)")
     tr.add_argument("--init", help="lite-size presets: start from these trained weights of the same preset (fresh optimiser), "
                                    "e.g. to add steps to the shipped weights where the run folder is gone")
     tr.add_argument("--device", default="auto", help="device of the SD-size recipe (the lite-size presets train on the CPU)")
@@ -247,6 +248,17 @@ def _stage_list(text: str) -> tuple[int, ...]:
     return _int_list(text, lambda stages: set(stages) <= {1, 2, 3}, "--stages wants a list of 1, 2, 3 (e.g. 1,2 or 3)")
 
 
+def _semantic_weights(text: str) -> tuple[float, float]:
+    """Stage 2's and stage 3's critic weight: one number for both, or two."""
+    try:
+        values = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise UsageError(f"--semantic-weight wants W or W2,W3 as numbers ≥ 0, got {text!r}")
+    return (values[0], values[-1])
+
+
 def _train(args: argparse.Namespace) -> int:
     from .config import load_preset
     from .train.recipe import Recipe, export, train
@@ -268,9 +280,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.vae_weights:
             overrides["vae_weights"] = args.vae_weights
         if args.semantic_weight is not None:
-            if not (math.isfinite(args.semantic_weight) and args.semantic_weight >= 0):
-                raise UsageError(f"--semantic-weight must be a number ≥ 0, got {args.semantic_weight}")
-            overrides["semantic_weight"] = args.semantic_weight
+            overrides["semantic_weight"], overrides["stage3_semantic_weight"] = _semantic_weights(args.semantic_weight)
         recipe = Recipe(**overrides)
         codec = train(args.preset, Path(args.data), run, recipe, stages, init=Path(args.init) if args.init else None)
     if args.export:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..models.codec import MagcCodec, class_fractions
-from .critic import SEMANTIC_WEIGHT, critic_loss
+from .critic import DECODER_SEMANTIC_WEIGHT, critic_loss
 from .data import CropSampler
 from .loop import LoopConfig, run_loop
 from .magc_stages import distortion
@@ -37,7 +37,7 @@ def sampled_latents(codec: MagcCodec, x: torch.Tensor, maps: torch.Tensor, rate:
 
 
 def train_decoder(codec: MagcCodec, sampler: CropSampler, run_dir: Path, cfg: LoopConfig, batch: int,
-                  critic: torch.nn.Module | None = None, semantic_weight: float = SEMANTIC_WEIGHT, seed: int = 0) -> None:
+                  critic: torch.nn.Module | None = None, semantic_weight: float = DECODER_SEMANTIC_WEIGHT, seed: int = 0) -> None:
     if not codec.preset.autoencoder.decoder_map_classes:
         raise ValueError(f"preset {codec.preset.name}: its decoder reads no map (autoencoder.decoder_map_classes)")
     codec.requires_grad_(False).eval()

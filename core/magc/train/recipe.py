@@ -5,7 +5,8 @@ it; a finished stage is skipped. Where the run folder is gone (a fresh machine),
 starts from trained weights of the same preset with a fresh optimiser, so training can go on
 from the shipped weights. The defaults are sized so the whole lite recipe fits in
 about two hours on the 2-core development CPU (measured there end to end on 2026-12-02:
-2 h 22 min, of which stage 1 92 min; see the README); on a GPU it runs the same steps much faster.
+2 h 22 min, of which stage 1 92 min; stage 3 at its present weight 1.0 took 1.2 min more; see
+the README); on a GPU it runs the same steps much faster.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..models.autoencoder import DECODER_MAP_PATHS
 from ..models.codec import MagcCodec
 from ..models.loading import REPO_WEIGHTS, build_codec
 from ..models.weights import load_into, load_state, preset_of, save_weights, write_manifest
-from .critic import SEMANTIC_WEIGHT, train_critic
+from .critic import DECODER_SEMANTIC_WEIGHT, SEMANTIC_WEIGHT, train_critic
 from .data import CropSampler, load_index, load_scene
 from .loop import LoopConfig
 
@@ -43,8 +44,9 @@ class Recipe:
     stage2_crop: int = 192
     stage2_lr: float = 5e-4
     critic_steps: int = 2500  # MAGC stage 2's semantic critic, where it trains on the decode path (0: none)
-    semantic_weight: float = SEMANTIC_WEIGHT  # ... and the weight of its cross-entropy in stage 2's path loss (and stage 3's)
+    semantic_weight: float = SEMANTIC_WEIGHT  # ... and the weight of its cross-entropy in stage 2's path loss
     stage3_steps: int = 1000  # presets whose decoder reads the map: the decoder learns it (``decoder_stage``)
+    stage3_semantic_weight: float = DECODER_SEMANTIC_WEIGHT  # the critic's weight in stage 3
     stage3_batch: int = 8
     stage3_lr: float = 2e-4
     seed: int = 0
@@ -73,13 +75,13 @@ def _start_from(codec: torch.nn.Module, preset: PresetConfig, weights: Path) -> 
     load_into(codec, load_state(weights), may_lack=tuple("autoencoder." + path for path in DECODER_MAP_PATHS))
 
 
-def _semantic_critic(preset: PresetConfig, scenes: list, run_dir: Path, recipe: Recipe) -> dict:
-    """The critic and its weight for stages 2-3 (trained once per run folder, then reloaded)."""
+def _semantic_critic(preset: PresetConfig, scenes: list, run_dir: Path, recipe: Recipe, weight: float) -> dict:
+    """The critic and its weight for stage 2 or 3 (trained once per run folder, then reloaded)."""
     if recipe.critic_steps <= 0:
         return {}
     critic_sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 2)
     critic = train_critic(critic_sampler, run_dir, preset.map.num_classes, recipe.critic_steps, seed=recipe.seed + 2)
-    return {"critic": critic, "semantic_weight": recipe.semantic_weight}
+    return {"critic": critic, "semantic_weight": weight}
 
 
 def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stages: tuple[int, ...] = (1, 2),
@@ -121,7 +123,7 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         if stage1_ckpt.exists():  # else --init gave the starting point (checked above)
             _load_modules(codec, stage1_ckpt)
         if not _stage_done(stage2_ckpt, recipe.stage2_steps):
-            extra = _semantic_critic(preset, scenes, run_dir, recipe) if preset.method == "magc" and uses_decode_path(preset) else {}
+            extra = _semantic_critic(preset, scenes, run_dir, recipe, recipe.semantic_weight) if preset.method == "magc" and uses_decode_path(preset) else {}
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 1)
             stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch, **extra)
         _load_modules(codec, stage2_ckpt)
@@ -133,7 +135,7 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         if not _stage_done(stage3_ckpt, recipe.stage3_steps):
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 3)
             train_decoder(codec, sampler, run_dir, LoopConfig(recipe.stage3_steps, recipe.stage3_lr, warmup=50), recipe.stage3_batch,
-                          seed=recipe.seed + 3, **_semantic_critic(preset, scenes, run_dir, recipe))
+                          seed=recipe.seed + 3, **_semantic_critic(preset, scenes, run_dir, recipe, recipe.stage3_semantic_weight))
         _load_modules(codec, stage3_ckpt)
     return codec
 
