@@ -123,7 +123,8 @@ def train(preset_name: str, data_dir: Path, run_dir: Path, recipe: Recipe, stage
         if stage1_ckpt.exists():  # else --init gave the starting point (checked above)
             _load_modules(codec, stage1_ckpt)
         if not _stage_done(stage2_ckpt, recipe.stage2_steps):
-            extra = _semantic_critic(preset, scenes, run_dir, recipe, recipe.semantic_weight) if preset.method == "magc" and uses_decode_path(preset) else {}
+            with_critic = preset.method == "magc" and uses_decode_path(preset)
+            extra = _semantic_critic(preset, scenes, run_dir, recipe, recipe.semantic_weight) if with_critic else {}
             sampler = CropSampler(scenes, recipe.stage2_crop, seed=recipe.seed + 1)
             stage2_fn(codec, sampler, run_dir, LoopConfig(recipe.stage2_steps, recipe.stage2_lr, warmup=100), recipe.stage2_batch, **extra)
         _load_modules(codec, stage2_ckpt)
