@@ -307,3 +307,26 @@ def test_a_checkpoint_of_another_run_is_refused_with_a_reason(tmp_path: Path) ->
         run({"encoder_side": torch.nn.Linear(2, 2)}, 3)
     with pytest.raises(UsageError, match="another run"):
         run({"encoder": torch.nn.Linear(3, 3)}, 3)
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    """A loss that turns NaN (as sprdiff-lite stage 1 did at step 975 of a restart) stops the
+    loop at once with a one-line TrainingDiverged; the checkpoint before it is untouched, where
+    training used to go on for 2000 steps of NaN weights and checkpoint them."""
+    from magc.errors import TrainingDiverged
+    from magc.train.loop import LoopConfig, run_loop
+
+    layer = torch.nn.Linear(2, 2)
+    optimizers = {"main": torch.optim.SGD(layer.parameters(), lr=0.1)}
+
+    def step(i: int) -> dict[str, float]:
+        loss = layer.weight.square().sum() * (float("nan") if i == 5 else 1.0)
+        optimizers["main"].zero_grad()
+        loss.backward()
+        optimizers["main"].step()
+        return {"loss": loss.item(), "aux": 1.0}
+
+    with pytest.raises(TrainingDiverged, match="stage1 diverged at step 6 .loss nan.; the checkpoint of step 4"):
+        run_loop("stage1", tmp_path, LoopConfig(10, 0.1, warmup=1, checkpoint_every=2), {"net": layer}, optimizers, step)
+    saved = torch.load(tmp_path / "stage1.ckpt", weights_only=True)
+    assert saved["step"] == 4 and all(torch.isfinite(t).all() for t in saved["modules"]["net"].values())

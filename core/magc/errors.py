@@ -35,5 +35,9 @@ class UntrainedModelError(MagcError):
     """A preset without trained weights was asked to encode without --allow-untrained."""
 
 
+class TrainingDiverged(MagcError):
+    """A training loss became non-finite; the last checkpoint, saved before, is kept."""
+
+
 class Cancelled(MagcError):
     """The caller cancelled a long operation; no output was left behind."""

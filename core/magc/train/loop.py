@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..errors import UsageError
+from ..errors import TrainingDiverged, UsageError
 
 
 @dataclass
@@ -42,6 +42,19 @@ def closes_log_window(step: int, cfg: LoopConfig) -> bool:
     """Whether ``run_loop`` writes a log line after ``step`` (0-based); a step function may
     compute log-only references there and nowhere else."""
     return (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+
+
+WATCHED_LOSSES = ("loss", "aux")  # what a step function reports that must stay finite
+
+
+def _check_finite(name: str, step: int, values: dict[str, float], saved_step: int, ckpt_path: Path) -> None:
+    """Stop at the first non-finite loss: the optimiser has already taken that step, and every
+    step after it would train (and checkpoint) NaN weights."""
+    bad = {k: values[k] for k in WATCHED_LOSSES if k in values and not math.isfinite(values[k])}
+    if bad:
+        kept = f"the checkpoint of step {saved_step} in {ckpt_path} is kept" if saved_step else "no checkpoint was written"
+        raise TrainingDiverged(f"{name} diverged at step {step + 1} ({', '.join(f'{k} {v}' for k, v in bad.items())}); "
+                               f"{kept}, nothing after it was saved: go on from it with a lower learning rate or other weights")
 
 
 def _resume_modules(ckpt_path: Path, saved: dict[str, dict], modules: dict[str, torch.nn.Module]) -> None:
@@ -100,7 +113,10 @@ def run_loop(
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, ckpt_path)
+        nonlocal saved_step
+        saved_step = step
 
+    saved_step = start
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=name, dynamic_ncols=True)
     window: dict[str, list[float]] = {}  # some scalars (references) come only on the logged steps
     window_steps, tick = 0, time.time()
@@ -111,6 +127,7 @@ def run_loop(
                 for group in opt.param_groups:
                     group["lr"] = group["base_lr"] * scale
             values = step_fn(step)
+            _check_finite(name, step, values, saved_step, ckpt_path)
             for key, value in values.items():
                 window.setdefault(key, []).append(value)
             window_steps += 1
