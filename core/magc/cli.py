@@ -228,10 +228,10 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str, valid: Callable[[tuple[int, ...]], bool], wanted: str) -> tuple[int, ...]:
-    """A comma-separated list of integers that ``valid`` accepts, else a UsageError naming ``wanted``."""
+def _number_list(text: str, valid: Callable[[tuple], bool], wanted: str, kind: type = int) -> tuple:
+    """A comma-separated list of ``kind`` numbers that ``valid`` accepts, else a UsageError naming ``wanted``."""
     try:
-        values = tuple(int(s) for s in text.split(","))
+        values = tuple(kind(s) for s in text.split(","))
     except ValueError:
         values = ()
     if not values or not valid(values):
@@ -240,22 +240,18 @@ def _int_list(text: str, valid: Callable[[tuple[int, ...]], bool], wanted: str) 
 
 
 def _step_counts(text: str) -> tuple[int, ...]:
-    return _int_list(text, lambda steps: len(steps) in (2, 3, 4) and min(steps) >= 0,
-                     "--steps wants STAGE1,STAGE2[,CRITIC[,STAGE3]] as counts ≥ 0")
+    return _number_list(text, lambda steps: len(steps) in (2, 3, 4) and min(steps) >= 0,
+                        "--steps wants STAGE1,STAGE2[,CRITIC[,STAGE3]] as counts ≥ 0")
 
 
 def _stage_list(text: str) -> tuple[int, ...]:
-    return _int_list(text, lambda stages: set(stages) <= {1, 2, 3}, "--stages wants a list of 1, 2, 3 (e.g. 1,2 or 3)")
+    return _number_list(text, lambda stages: set(stages) <= {1, 2, 3}, "--stages wants a list of 1, 2, 3 (e.g. 1,2 or 3)")
 
 
 def _semantic_weights(text: str) -> tuple[float, float]:
     """Stage 2's and stage 3's critic weight: one number for both, or two."""
-    try:
-        values = tuple(float(s) for s in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) not in (1, 2) or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise UsageError(f"--semantic-weight wants W or W2,W3 as numbers ≥ 0, got {text!r}")
+    values = _number_list(text, lambda weights: len(weights) in (1, 2) and all(math.isfinite(w) and w >= 0 for w in weights),
+                          "--semantic-weight wants W or W2,W3 as numbers ≥ 0", kind=float)
     return (values[0], values[-1])
 
 
