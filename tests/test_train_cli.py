@@ -120,6 +120,30 @@ def test_each_stage_learns_against_the_critic_at_its_own_weight(data_dir: Path, 
         assert seen[-1] == weights[1]
 
 
+def test_lr_sets_each_stages_peak_learning_rate(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """--lr LR1,LR2,LR3 reaches each stage's loop (one number: every stage), and recipe.json records it."""
+    import magc.train.decoder_stage as decoder_stage
+    import magc.train.magc_stages as magc_stages
+
+    torch.set_num_threads(2)
+    seen: dict[str, float] = {}
+
+    def spy(real):
+        def run_loop(name, run_dir, cfg, *args, **kwargs):
+            seen[name] = cfg.lr
+            return real(name, run_dir, cfg, *args, **kwargs)
+        return run_loop
+
+    for module in (magc_stages, decoder_stage):
+        monkeypatch.setattr(module, "run_loop", spy(module.run_loop))
+    common = ["train", "--preset", "tiny-lite", "--data", str(data_dir), "--steps", "2,2,0,2", "--stages", "1,2,3"]
+    for run, given, rates in (("a", "1e-3,2e-3,3e-3", (1e-3, 2e-3, 3e-3)), ("b", "7e-5", (7e-5,) * 3)):
+        assert main(common + ["--run", str(tmp_path / run), "--lr", given]) == 0
+        assert (seen["stage1"], seen["stage2"], seen["stage3"]) == rates
+        recipe = json.loads((tmp_path / run / "recipe.json").read_text())["recipe"]
+        assert (recipe["stage1_lr"], recipe["stage2_lr"], recipe["stage3_lr"]) == rates
+
+
 def _stage2_setup():
     """A tiny-lite codec decoding from z~ (strength 0.6), one random scene, a random frozen critic."""
     import dataclasses

@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--semantic-weight", metavar="W[,W3]",
                     help="lite-size MAGC: weight of the semantic critic's cross-entropy in stages 2 and 3; "
                          "two numbers: stage 2's, stage 3's (default 0.3,1.0)")
+    tr.add_argument("--lr", metavar="LR[,LR2,LR3]",
+                    help="peak learning rate instead of the recipe's: one number for every stage that runs, or stage 1's, "
+                         "2's, 3's (lite-size default 4e-4,5e-4,2e-4; SD-size: one number, default 5e-5); "
+                         "lower it to add steps to trained weights (--init)")
     tr.add_argument("--init", help="lite-size presets: start from these trained weights of the same preset (fresh optimiser), "
                                    "e.g. to add steps to the shipped weights where the run folder is gone")
     tr.add_argument("--device", default="auto", help="device of the SD-size recipe (the lite-size presets train on the CPU)")
@@ -255,6 +259,12 @@ def _semantic_weights(text: str) -> tuple[float, float]:
     return (values[0], values[-1])
 
 
+def _learning_rates(text: str) -> tuple[float, ...]:
+    """One peak learning rate for every stage, or stage 1's, 2's, 3's."""
+    return _number_list(text, lambda rates: len(rates) in (1, 3) and all(math.isfinite(r) and r > 0 for r in rates),
+                        "--lr wants LR or LR1,LR2,LR3 as numbers > 0", kind=float)
+
+
 def _train(args: argparse.Namespace) -> int:
     from .config import load_preset
     from .train.recipe import Recipe, export, train
@@ -262,6 +272,7 @@ def _train(args: argparse.Namespace) -> int:
     run = Path(args.run or f"runs/{args.preset}")
     stages = _stage_list(args.stages)
     steps = _step_counts(args.steps) if args.steps else None
+    rates = _learning_rates(args.lr) if args.lr else None
     if load_preset(args.preset).autoencoder.kind == "sd-vae":  # the GPU recipe (accelerate)
         from .train.sd_stages import SDRecipe, train_sd_preset
 
@@ -269,7 +280,10 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError("--init is for the lite-size presets; the SD-size recipe resumes from its run folder")
         if (steps and len(steps) > 2) or args.semantic_weight is not None:
             raise UsageError("the SD-size recipe has no semantic critic: --steps STAGE1,STAGE2, no --semantic-weight")
-        recipe = SDRecipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1], "warmup": min(steps)} if steps else {}))
+        if rates and len(rates) > 1:
+            raise UsageError("the SD-size recipe has one learning rate for both stages: --lr LR")
+        recipe = SDRecipe(**({"stage1_steps": steps[0], "stage2_steps": steps[1], "warmup": min(steps)} if steps else {}),
+                          **({"lr": rates[0]} if rates else {}))
         codec = train_sd_preset(args.preset, Path(args.data), run, args.sd_weights, stages, recipe, device=args.device)
     else:
         overrides = dict(zip(("stage1_steps", "stage2_steps", "critic_steps", "stage3_steps"), steps)) if steps else {}
@@ -277,6 +291,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides["vae_weights"] = args.vae_weights
         if args.semantic_weight is not None:
             overrides["semantic_weight"], overrides["stage3_semantic_weight"] = _semantic_weights(args.semantic_weight)
+        if rates:
+            overrides.update(zip(("stage1_lr", "stage2_lr", "stage3_lr"), rates * (3 // len(rates))))
         recipe = Recipe(**overrides)
         codec = train(args.preset, Path(args.data), run, recipe, stages, init=Path(args.init) if args.init else None)
     if args.export:
