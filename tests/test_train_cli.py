@@ -30,8 +30,10 @@ def test_train_export_and_use(preset: str, data_dir: Path, tmp_path: Path) -> No
     torch.set_num_threads(2)
     weights = tmp_path / f"{preset}.safetensors"
     code = main(["train", "--preset", preset, "--data", str(data_dir), "--run", str(tmp_path / "run"), "--steps", "2,2",
-                 "--device", "cpu", "--export", str(weights)])
+                 "--device", "cpu", "--lr", "3e-5", "--export", str(weights)])
     assert code == 0 and weights.is_file()
+    recipe = json.loads((tmp_path / "run" / "recipe.json").read_text())["recipe"]
+    assert recipe.get("lr", recipe.get("stage1_lr")) == 3e-5  # the SD-size recipe's one rate, or lite's stage 1's
     manifest = json.loads(weights.with_name(f"{preset}.manifest.json").read_text())
     assert manifest["preset"] == preset and len(manifest["sha256"]) == 64
     loaded = load_codec(preset, weights=weights, device="cpu")  # trained: no --allow-untrained needed
