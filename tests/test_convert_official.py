@@ -22,14 +22,15 @@ from torch import nn
 from magc.config import load_preset
 from magc.convert import (
     REBUILT_KEYS,
+    TEXT_PREFIX,
     check_official_keys,
     convert_official,
     convert_state_dict,
-    empty_prompt_context,
     safe_load_checkpoint,
     schedule_warning,
 )
 from magc.errors import InputError
+from magc.text_context import empty_prompt_context
 from magc.models.codec import MagcCodec
 from magc.models.weights import load_into, load_state, preset_of, read_metadata
 
@@ -310,7 +311,7 @@ def random_text_tower(width: int, blocks: int, generator: torch.Generator) -> di
     def rand(*shape: int, scale: float = 0.2) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) * scale
 
-    p = "cond_stage_model.model."
+    p = TEXT_PREFIX
     tower = {p + "token_embedding.weight": rand(49408, width), p + "positional_embedding": rand(77, width),
              p + "ln_final.weight": 1 + rand(width), p + "ln_final.bias": rand(width),
              p + "text_projection": rand(width, width), p + "logit_scale": torch.tensor(4.6)}
@@ -353,7 +354,7 @@ def reference_context(tower: dict[str, torch.Tensor], heads: int) -> torch.Tenso
 
 def test_empty_prompt_context_matches_torch_transformer() -> None:
     tower = random_text_tower(128, 3, torch.Generator().manual_seed(1))
-    ours = empty_prompt_context(tower)  # 128 wide -> 2 heads of 64
+    ours = empty_prompt_context(tower, TEXT_PREFIX)  # 128 wide -> 2 heads of 64
     assert ours.shape == (1, 77, 128)
     torch.testing.assert_close(ours, reference_context(tower, heads=2), rtol=1e-4, atol=1e-4)
 

@@ -10,7 +10,8 @@
         cond_stage_model.*       ──empty-prompt forward────> denoiser.context     (294 -> 1 tensor)
         13 DDPM buffers          ──ignored (betas checked against the preset's schedule)
 
-The checkpoint is a pickle, never unpickled with arbitrary globals (``safe_checkpoint``).
+The checkpoint is a pickle, never unpickled with arbitrary globals (``safe_checkpoint``); the
+text tower's empty-prompt forward is ``text_context``.
 """
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PresetConfig, load_preset
 from .errors import InputError
 from .safe_checkpoint import load_checkpoint_state
+from .text_context import empty_prompt_context
 
 # -- official checkpoint layout ------------------------------------------------------------
 UNET_PREFIX = "model.diffusion_model."
@@ -57,7 +58,6 @@ _EB_OLD_NAME = re.compile(r"^_(matrix|bias|factor)(\d+)$")
 _EB_NEW_NAME = {"matrix": "matrices", "bias": "biases", "factor": "factors"}
 
 # open_clip.tokenize(""): start-of-text, end-of-text, then zero padding.
-SOT_TOKEN, EOT_TOKEN = 49406, 49407
 BETA_TOLERANCE = 1e-6
 
 
@@ -233,48 +233,9 @@ def _adapter_part(official: dict[str, Tensor], state: dict[str, Tensor], report:
             report.mapped[key] = new_key
 
 
-def _layer_norm(x: Tensor, tower: Mapping[str, Tensor], name: str) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], tower[name + ".weight"].float(), tower[name + ".bias"].float(), eps=1e-5)
-
-
-def _self_attention(x: Tensor, tower: Mapping[str, Tensor], name: str, heads: int, mask: Tensor) -> Tensor:
-    """nn.MultiheadAttention's math from its packed in_proj weights (sequence-first order is irrelevant)."""
-    batch, length, width = x.shape
-    qkv = F.linear(x, tower[name + ".in_proj_weight"].float(), tower[name + ".in_proj_bias"].float())
-    q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in qkv.chunk(3, -1))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(batch, length, width)
-    return F.linear(out, tower[name + ".out_proj.weight"].float(), tower[name + ".out_proj.bias"].float())
-
-
-def empty_prompt_context(
-    tower: Mapping[str, Tensor], prefix: str = TEXT_PREFIX, heads: int | None = None, skip_last: int = 1,
-) -> Tensor:
-    """The empty-prompt embedding of an OpenCLIP text tower, as the official FrozenOpenCLIPEmbedder.
-
-    Computed once at conversion so decoding never needs the 354 M-parameter text encoder:
-    tokens [SOT, EOT, 0...], token + positional embedding, all resblocks but the last
-    (``layer="penultimate"``) with the causal mask, then ``ln_final`` -> (1, 77, width).
-    """
-    positional = tower[prefix + "positional_embedding"].float()
-    length, width = positional.shape
-    heads = heads or max(1, width // 64)
-    tokens = torch.tensor([SOT_TOKEN, EOT_TOKEN] + [0] * (length - 2))
-    x = (tower[prefix + "token_embedding.weight"].float()[tokens] + positional).unsqueeze(0)
-    blocks = sorted({int(k[len(prefix):].split(".")[2]) for k in tower if k.startswith(prefix + "transformer.resblocks.")})
-    mask = torch.full((length, length), float("-inf")).triu_(1)
-    with torch.no_grad():
-        for i in blocks[: len(blocks) - skip_last]:
-            name = f"{prefix}transformer.resblocks.{i}"
-            x = x + _self_attention(_layer_norm(x, tower, name + ".ln_1"), tower, name + ".attn", heads, mask)
-            hidden = F.gelu(F.linear(_layer_norm(x, tower, name + ".ln_2"), tower[name + ".mlp.c_fc.weight"].float(),
-                                     tower[name + ".mlp.c_fc.bias"].float()))
-            x = x + F.linear(hidden, tower[name + ".mlp.c_proj.weight"].float(), tower[name + ".mlp.c_proj.bias"].float())
-        return _layer_norm(x, tower, prefix + "ln_final").contiguous()
-
-
 def _text_part(official: dict[str, Tensor], preset: PresetConfig, state: dict[str, Tensor], report: ConversionReport) -> None:
     try:
-        context = empty_prompt_context(official)
+        context = empty_prompt_context(official, TEXT_PREFIX)
     except KeyError as exc:
         raise InputError(f"the checkpoint's text encoder is incomplete: no {exc.args[0]}") from exc
     expected = (1, preset.denoiser.context_tokens, preset.denoiser.context_dim)
