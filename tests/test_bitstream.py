@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from magc.api import decode_raster, encode_raster, read_info
-from magc.bitstream import MAGIC, BitstreamReader, Header, TileRecord, pack_mask, read_varint, unpack_mask, write_varint
+from magc.bitstream import MAGIC, BitstreamReader, Header, TileRecord, read_varint, write_varint
+from magc.mask_coding import pack_mask, unpack_mask
 from magc.errors import FormatError
 
 from conftest import smooth_image, write_geotiff

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bitstream import BitstreamReader, Header, TileRecord, unpack_mask
+from .bitstream import BitstreamReader, Header, TileRecord
 from .colour import match_means
 from .config import SamplerConfig
 from .errors import FormatError, InputError, MapMismatchError, ModelMismatchError, UsageError
 from .maps import Grid, open_map
+from .mask_coding import unpack_mask
 from .models.lcm import CodedTile
 from .models.loading import LoadedCodec, load_codec
 from .pipeline import CancelCheck, Progress, check_output, coded_index, plane_values, tick

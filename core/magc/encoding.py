@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bitstream import BitstreamWriter, Header, TileRecord, pack_mask
+from .bitstream import BitstreamWriter, Header, TileRecord
 from .colour import band_means
 from .errors import UsageError
 from .maps import Grid, open_map
+from .mask_coding import pack_mask
 from .models.loading import LoadedCodec, load_codec
 from .pipeline import CancelCheck, Progress, check_output, coded_index, plane_tensor, temporary, tick
 from .raster import RasterInfo, RasterReader, epsg_of
