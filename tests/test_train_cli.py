@@ -356,3 +356,26 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_
         run_loop("stage1", tmp_path, LoopConfig(10, 0.1, warmup=1, checkpoint_every=2), {"net": layer}, optimizers, step)
     saved = torch.load(tmp_path / "stage1.ckpt", weights_only=True)
     assert saved["step"] == 4 and all(torch.isfinite(t).all() for t in saved["modules"]["net"].values())
+
+
+def test_train_segmentation_writes_weights_and_reports_miou(data_dir: Path, tmp_path: Path, capsys) -> None:
+    """`magc train-segmentation` trains, scores the val split on its labels, and writes weights the
+    evaluation loads, with the printed manifest beside them (the image is both splits here)."""
+    from magc.segmentation import load_segmenter
+
+    torch.set_num_threads(2)
+    item = json.loads((data_dir / "index.json").read_text())[0]
+    folder = tmp_path / "data"  # a copy: the module's fixture keeps its train-only index
+    folder.mkdir()
+    for name in (item["image"], item["map"], item["labels"]):
+        (folder / name).write_bytes((data_dir / name).read_bytes())
+    (folder / "index.json").write_text(json.dumps([item, {**item, "split": "val"}]))
+    weights = tmp_path / "seg.safetensors"
+    code = main(["train-segmentation", "--data", str(folder), "--run", str(tmp_path / "run"), "--steps", "2",
+                 "--export", str(weights)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steps"] == 2 and 0.0 <= printed["val_miou_on_originals"] <= 1.0
+    manifest = json.loads(weights.with_name("seg.manifest.json").read_text())
+    assert manifest["val_miou_on_originals"] == printed["val_miou_on_originals"] and len(manifest["sha256"]) == 64
+    assert load_segmenter(weights) is not None

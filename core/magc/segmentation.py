@@ -116,7 +116,7 @@ def train_segmentation(data_dir: Path, run_dir: Path, steps: int = 600, batch: i
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return {"loss": float(loss), "accuracy": float(accuracy)}
+        return {"loss": loss.item(), "accuracy": float(accuracy)}
 
     run_loop("segmentation", run_dir, LoopConfig(steps, lr, warmup=50, checkpoint_every=100), {"net": net}, {"main": optimizer}, step,
              rng_state=lambda: {"sampler": sampler.rng.bit_generator.state},

@@ -8,6 +8,7 @@ their own.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
