@@ -28,7 +28,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-import numpy as np
 
 from .errors import FormatError
 

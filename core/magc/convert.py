@@ -57,7 +57,6 @@ MAP_ENCODER_PARTS = ("sem_encoder", "sem_conv1", "sem_conv2")
 _EB_OLD_NAME = re.compile(r"^_(matrix|bias|factor)(\d+)$")
 _EB_NEW_NAME = {"matrix": "matrices", "bias": "biases", "factor": "factors"}
 
-# open_clip.tokenize(""): start-of-text, end-of-text, then zero padding.
 BETA_TOLERANCE = 1e-6
 
 

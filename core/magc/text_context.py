@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# open_clip.tokenize(""): start-of-text, end-of-text, then zero padding.
 SOT_TOKEN, EOT_TOKEN = 49406, 49407
 
 
